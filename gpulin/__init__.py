@@ -1,0 +1,30 @@
+"""gpulin: exact, never-densified linear single-cell representations on GPU (CuPy) and CPU (NumPy).
+
+Main entry points
+-----------------
+embed
+    transform (scTOP or lognorm) -> standardize -> PCA, results written into an AnnData.
+LinearEmbedding
+    The same as a scikit-learn-style estimator: ``fit`` a reference, ``transform`` queries.
+sctop_transform, lognorm_transform
+    The per-cell transforms in their exact sparse form ("sparse + one constant per cell").
+"""
+
+from __future__ import annotations
+
+from ._backend import GPUUnavailableError, cuda_available, get_backend
+from .embed import LinearEmbedding, embed
+from .transforms import EmptyCellsWarning, lognorm_transform, sctop_transform
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EmptyCellsWarning",
+    "GPUUnavailableError",
+    "LinearEmbedding",
+    "cuda_available",
+    "embed",
+    "get_backend",
+    "lognorm_transform",
+    "sctop_transform",
+]

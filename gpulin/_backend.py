@@ -1,0 +1,176 @@
+"""Backend switch: one code path over NumPy/SciPy (CPU) or CuPy/cupyx (CUDA).
+
+Every computation in gpulin receives a :class:`Backend` and writes its algorithm against
+``backend.xp`` (``numpy`` or ``cupy``) and ``backend.sparse`` (``scipy.sparse`` or
+``cupyx.scipy.sparse``). Nothing here imports CuPy at module import time; the CUDA probe runs
+once, on first use, and is cached.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse
+import scipy.special
+
+Device = Literal["cpu", "cuda", "auto"]
+DEVICES = ("cpu", "cuda", "auto")
+
+
+class GPUUnavailableError(RuntimeError):
+    """Raised when ``device="cuda"`` is requested but no usable GPU is present."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The array namespace and sparse module of one device.
+
+    Attributes
+    ----------
+    name : {"cpu", "cuda"}
+        The resolved device.
+    xp : module
+        ``numpy`` or ``cupy``.
+    sparse : module
+        ``scipy.sparse`` or ``cupyx.scipy.sparse``.
+    special : module
+        ``scipy.special`` or ``cupyx.scipy.special`` (for ``ndtri``).
+    """
+
+    name: str
+    xp: ModuleType
+    sparse: ModuleType
+    special: ModuleType
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name == "cuda"
+
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        """Move a dense array to this device (no copy when already there with that dtype)."""
+        if self.is_gpu:
+            return self.xp.asarray(a, dtype=dtype)
+        return np.asarray(to_host(a), dtype=dtype)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (no-op on CPU); call before reading a timer."""
+        if self.is_gpu:
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def free_memory_bytes(self) -> int | None:
+        """Free device memory in bytes (GPU: driver free + CuPy pool free); None on CPU."""
+        if not self.is_gpu:
+            return None
+        free, _total = self.xp.cuda.runtime.memGetInfo()
+        pool = self.xp.get_default_memory_pool()
+        return int(free + pool.free_bytes())
+
+
+CPU = Backend("cpu", np, scipy.sparse, scipy.special)
+
+
+@functools.lru_cache(maxsize=1)
+def _cuda_probe() -> tuple[Backend | None, str]:
+    """Try to set up the CUDA backend once. Returns (backend or None, reason if None)."""
+    try:
+        cupy = importlib.import_module("cupy")
+    except Exception as exc:  # ImportError, or a broken CUDA install raising at import
+        return None, (
+            f"CuPy is not importable ({type(exc).__name__}: {exc}). Install gpulin with the extra "
+            "matching your CUDA driver: pip install 'gpulin[cuda12]' or 'gpulin[cuda13]'."
+        )
+    try:
+        available = bool(cupy.is_available())
+    except Exception as exc:
+        return None, f"CuPy is installed but cupy.is_available() failed ({exc}); check the NVIDIA driver."
+    if not available:
+        try:
+            n = cupy.cuda.runtime.getDeviceCount()
+            why = "no CUDA device is visible" if n == 0 else f"{n} device(s) visible but unusable"
+        except Exception as exc:
+            why = f"the CUDA driver cannot be initialised ({exc})"
+        return None, (
+            f"CuPy is installed but {why}. Check `nvidia-smi`, CUDA_VISIBLE_DEVICES and that the "
+            "CuPy wheel matches the driver's CUDA major version; or use device='cpu'."
+        )
+    import cupyx.scipy.sparse as cusparse
+    import cupyx.scipy.special as cuspecial
+
+    return Backend("cuda", cupy, cusparse, cuspecial), ""
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and sees a usable CUDA device (probed once, then cached)."""
+    return _cuda_probe()[0] is not None
+
+
+def get_backend(device: str | Backend = "auto") -> Backend:
+    """Resolve ``device`` to a :class:`Backend`.
+
+    Parameters
+    ----------
+    device : {"cpu", "cuda", "auto"} or Backend
+        ``"auto"`` picks CUDA when available, otherwise CPU.
+
+    Raises
+    ------
+    ValueError
+        Unknown device name.
+    GPUUnavailableError
+        ``device="cuda"`` without a usable GPU; the message says why and how to fix it.
+    """
+    if isinstance(device, Backend):
+        return device
+    if not isinstance(device, str) or device.lower() not in DEVICES:
+        raise ValueError(f"Unknown device {device!r}; expected one of {DEVICES}.")
+    device = device.lower()
+    if device == "cpu":
+        return CPU
+    backend, reason = _cuda_probe()
+    if backend is not None:
+        return backend
+    if device == "auto":
+        return CPU
+    raise GPUUnavailableError(f"device='cuda' was requested but {reason}")
+
+
+def is_gpu_array(a: Any) -> bool:
+    """True for CuPy dense arrays and cupyx sparse matrices (without importing CuPy)."""
+    mod = type(a).__module__
+    return mod.startswith("cupy") or mod.startswith("cupyx")
+
+
+def backend_of(a: Any) -> Backend:
+    """The backend on which ``a`` lives (CUDA for CuPy / cupyx objects, else CPU)."""
+    return get_backend("cuda") if is_gpu_array(a) else CPU
+
+
+def to_host(a: Any) -> Any:
+    """Copy a CuPy array or cupyx sparse matrix to NumPy / SciPy; other inputs pass through."""
+    if is_gpu_array(a):
+        return a.get()
+    return a
+
+
+def to_device(a: Any, backend: Backend) -> Any:
+    """Move a dense or sparse array to ``backend`` (no copy when it is already there)."""
+    if backend.is_gpu:
+        if is_gpu_array(a):
+            return a
+        if scipy.sparse.issparse(a):
+            return backend.sparse.csr_matrix(a.tocsr()) if a.format != "csc" else backend.sparse.csc_matrix(a)
+        return backend.xp.asarray(a)
+    return to_host(a)
+
+
+def out_of_memory_errors(backend: Backend) -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'the device ran out of memory' on ``backend``."""
+    errors: list[type[BaseException]] = [MemoryError]
+    if backend.is_gpu:
+        errors.append(backend.xp.cuda.memory.OutOfMemoryError)
+    return tuple(errors)

@@ -1,0 +1,122 @@
+"""Input checks shared by every entry point: clear errors instead of tracebacks from deep inside NumPy."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+from ._backend import Backend, is_gpu_array, to_device
+
+
+def as_csr(X: Any, backend: Backend, *, name: str = "X") -> Any:
+    """Return ``X`` as a canonical CSR matrix on ``backend`` without modifying the input.
+
+    Dense inputs are converted to CSR (the caller's dense matrix already exists; gpulin never
+    creates one). A CSR input that is already canonical and on the right device is returned as is
+    (no copy); duplicates are summed on a copy.
+
+    Raises
+    ------
+    TypeError
+        ``X`` is not an array or sparse matrix.
+    ValueError
+        ``X`` is not two-dimensional or has no cells or no genes.
+    """
+    if X is None:
+        raise TypeError(f"{name} is None; expected a cells x genes matrix.")
+    if is_gpu_array(X):
+        if backend.is_gpu:
+            csr = X.tocsr() if backend.sparse.issparse(X) else backend.sparse.csr_matrix(X)
+        else:
+            csr = X.get()
+            csr = csr.tocsr() if scipy.sparse.issparse(csr) else scipy.sparse.csr_matrix(np.asarray(csr))
+    elif scipy.sparse.issparse(X):
+        csr = X.tocsr()
+        csr = to_device(csr, backend) if backend.is_gpu else csr
+    else:
+        try:
+            arr = np.asarray(X)
+        except Exception as exc:  # pragma: no cover - exotic inputs
+            raise TypeError(f"{name} must be a NumPy/CuPy array or a sparse matrix, got {type(X).__name__}.") from exc
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+            raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}.")
+        if arr.ndim != 2:
+            raise ValueError(f"{name} must be 2-dimensional (cells x genes), got shape {arr.shape}.")
+        csr = to_device(scipy.sparse.csr_matrix(arr), backend)
+    n, g = csr.shape
+    if n == 0 or g == 0:
+        raise ValueError(f"{name} has shape {csr.shape}: it needs at least one cell and one gene.")
+    if not _is_canonical(csr):
+        csr = csr.copy()
+        csr.sum_duplicates()
+    return csr
+
+
+def _is_canonical(csr: Any) -> bool:
+    if hasattr(csr, "has_canonical_format"):
+        return bool(csr.has_canonical_format)
+    return True
+
+
+def check_counts(csr: Any, backend: Backend, *, name: str = "X", method: str = "sctop") -> None:
+    """Check that a CSR matrix holds finite, non-negative (count-like) values.
+
+    Raises
+    ------
+    ValueError
+        Non-finite or negative values (message gives how many and where the first one is).
+
+    Warns
+    -----
+    UserWarning
+        Non-integer values: ``method`` expects raw counts.
+    """
+    xp = backend.xp
+    data = csr.data
+    if data.size == 0:
+        return
+    finite = xp.isfinite(data)
+    n_bad = int((~finite).sum())
+    if n_bad:
+        raise ValueError(
+            f"{name} contains {n_bad} non-finite value(s) (NaN or inf); {method!r} expects raw counts."
+        )
+    n_neg = int((data < 0).sum())
+    if n_neg:
+        raise ValueError(
+            f"{name} contains {n_neg} negative value(s) (min {float(data.min())}); {method!r} expects raw, "
+            "non-negative counts. Pass the counts layer (layer=...) rather than scaled or centred data."
+        )
+    if xp.issubdtype(data.dtype, xp.floating):
+        n_frac = int((data != xp.round(data)).sum())
+        if n_frac:
+            warnings.warn(
+                f"{name} has {n_frac} non-integer value(s); {method!r} is designed for raw counts "
+                "(is this already normalized?). Continuing.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def check_n_components(n_components: int, n_cells: int, n_genes: int) -> int:
+    """Validate ``n_components`` against the matrix shape and return it as int."""
+    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
+        raise TypeError(f"n_components must be an int, got {n_components!r}.")
+    limit = min(n_cells, n_genes)
+    if not 1 <= n_components <= limit:
+        raise ValueError(
+            f"n_components={n_components} is out of range: it must be between 1 and "
+            f"min(n_cells, n_genes) = min({n_cells}, {n_genes}) = {limit}."
+        )
+    return int(n_components)
+
+
+def check_batch_size(batch_size: int | None) -> int | None:
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}.")
+    return int(batch_size)

@@ -1,0 +1,361 @@
+"""``gpulin.embed`` and ``gpulin.LinearEmbedding``: transform -> standardize -> PCA, never densified."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+from ._backend import Backend, backend_of, get_backend, is_gpu_array, out_of_memory_errors, to_host
+from ._validation import as_csr, check_batch_size, check_n_components
+from .implicit import GeneScaling, StandardizedOperator
+from .pca import PCAResult, pca
+from .transforms import METHODS, transform_implicit
+
+
+def resolve_device(device: str | Backend, X: Any) -> Backend:
+    """``auto`` follows the data: GPU-resident input runs on CUDA, otherwise CUDA if available."""
+    if isinstance(device, str) and device == "auto" and is_gpu_array(X):
+        return backend_of(X)
+    return get_backend(device)
+
+
+def get_matrix(adata: Any, layer: str | None) -> Any:
+    """``adata.X`` or ``adata.layers[layer]``, with a clear error when absent."""
+    if layer is None:
+        if adata.X is None:
+            raise ValueError("adata.X is None; pass layer= to use a layer of counts.")
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(f"Layer {layer!r} not found; available layers: {list(adata.layers.keys())}.")
+    return adata.layers[layer]
+
+
+class _Timer:
+    """Wall-clock stage timer that synchronizes the device before each reading."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        self.backend.synchronize()
+        now = time.perf_counter()
+        self.seconds[stage] = now - self._t
+        self._t = now
+
+
+def _oom_hint(backend: Backend, batch_size: int | None, stage: str) -> MemoryError:
+    return MemoryError(
+        f"Out of {backend.name} memory during {stage} (batch_size={batch_size}). Pass a smaller "
+        "batch_size, fewer n_components, or device='cpu'."
+    )
+
+
+class LinearEmbedding:
+    """Linear embedding estimator: ``fit`` on a reference, ``transform`` any query.
+
+    transform (``sctop`` or ``lognorm``) -> per-gene standardization (reference means and
+    scales) -> projection on the reference principal axes. Queries are aligned to the reference
+    genes by ``var_names``: reference genes missing from the query count as zero, extra query
+    genes are ignored, and the per-cell transform is computed over the aligned genes.
+
+    Parameters
+    ----------
+    method : {"sctop", "lognorm"}
+    n_components : int
+    scale : bool
+        Divide genes by their standard deviation (True) or only centre them (False, scanpy's
+        default PCA on log-normalized data).
+    whiten : bool
+        Scores divided by ``sqrt(explained_variance_)`` (scikit-learn semantics).
+    solver : {"auto", "randomized", "gram"}
+    n_oversamples, n_iter : int, optional
+        Randomized SVD parameters (see :func:`gpulin.pca.pca`).
+    target_sum : float
+        ``lognorm`` library size.
+    min_gene_overlap : float
+        Smallest fraction of reference genes a query must contain.
+    device : {"cpu", "cuda", "auto"}
+    batch_size : int, optional
+        Cells per row block (None: automatic).
+    seed : int
+
+    Attributes
+    ----------
+    var_names_ : numpy.ndarray of str, shape (n_genes,)
+    mean_, scale_ : numpy.ndarray, shape (n_genes,)
+    components_ : numpy.ndarray, shape (n_components, n_genes)
+    explained_variance_, explained_variance_ratio_, singular_values_ : numpy.ndarray
+    timings_ : dict of stage -> seconds of the last ``fit``
+    """
+
+    def __init__(
+        self,
+        method: str = "sctop",
+        n_components: int = 50,
+        *,
+        scale: bool = True,
+        whiten: bool = False,
+        solver: str = "auto",
+        n_oversamples: int | None = None,
+        n_iter: int | None = None,
+        target_sum: float = 1e4,
+        min_gene_overlap: float = 0.5,
+        device: str = "auto",
+        batch_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.method = method
+        self.n_components = n_components
+        self.scale = scale
+        self.whiten = whiten
+        self.solver = solver
+        self.n_oversamples = n_oversamples
+        self.n_iter = n_iter
+        self.target_sum = target_sum
+        self.min_gene_overlap = min_gene_overlap
+        self.device = device
+        self.batch_size = batch_size
+        self.seed = seed
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}; expected one of {METHODS}.")
+        check_batch_size(self.batch_size)
+        if not 0.0 <= float(self.min_gene_overlap) <= 1.0:
+            raise ValueError(f"min_gene_overlap must be in [0, 1], got {self.min_gene_overlap!r}.")
+
+    def _transform_counts(self, X: Any, backend: Backend) -> Any:
+        return transform_implicit(
+            X, self.method, device=backend, batch_size=self.batch_size, target_sum=self.target_sum
+        )
+
+    # -- fit ------------------------------------------------------------------------------------
+    def fit(self, adata: Any, *, layer: str | None = None) -> "LinearEmbedding":
+        """Fit on the cells of ``adata`` (AnnData, or a cells x genes matrix of counts)."""
+        self._fit(adata, layer=layer)
+        return self
+
+    def fit_transform(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
+        """Fit and return the training scores, (n_cells, n_components) float32 on the host."""
+        return to_host(self._fit(adata, layer=layer))
+
+    def _fit(self, adata: Any, *, layer: str | None) -> Any:
+        self._check_params()
+        X, var_names = _matrix_and_genes(adata, layer)
+        backend = resolve_device(self.device, X)
+        timer = _Timer(backend)
+        n, G = X.shape
+        k = check_n_components(self.n_components, n, G)
+        try:
+            S = self._transform_counts(X, backend)
+            timer.lap("transform")
+            scaling = GeneScaling.fit(S, scale=self.scale)
+            op = StandardizedOperator(S, scaling)
+            timer.lap("standardize")
+            res: PCAResult = pca(
+                op, k, solver=self.solver, n_oversamples=self.n_oversamples, n_iter=self.n_iter, seed=self.seed
+            )
+            timer.lap("pca")
+        except out_of_memory_errors(backend) as exc:
+            if isinstance(exc, MemoryError) and "batch_size" in str(exc):
+                raise
+            raise _oom_hint(backend, self.batch_size, "fit") from exc
+        scores = self._finish_scores(res.scores, res.explained_variance, backend)
+        self.backend_ = backend
+        self.var_names_ = np.asarray(var_names).astype(str)
+        self.mean_ = np.asarray(to_host(scaling.mean))
+        self.scale_ = np.asarray(to_host(scaling.scale))
+        self.var_ = np.asarray(to_host(scaling.var))
+        self.components_ = res.components
+        self.singular_values_ = res.singular_values
+        self.explained_variance_ = res.explained_variance
+        self.explained_variance_ratio_ = res.explained_variance_ratio
+        self.solver_ = res.solver
+        self.n_iter_ = res.n_iter
+        self.n_features_in_ = G
+        self.n_components_ = k
+        out = scores.astype(backend.xp.float32)
+        host = to_host(out)
+        timer.lap("to_host")
+        self.timings_ = dict(timer.seconds)
+        return host
+
+    def _finish_scores(self, scores: Any, explained_variance: np.ndarray, backend: Backend) -> Any:
+        if not self.whiten:
+            return scores
+        ev = np.where(explained_variance > 0, explained_variance, 1.0)
+        return scores / backend.xp.asarray(np.sqrt(ev).astype(np.float32))[None, :]
+
+    # -- transform ------------------------------------------------------------------------------
+    def transform(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
+        """Embed new cells with the fitted reference: (n_cells, n_components) float32 on the host.
+
+        Query genes are aligned to the reference by ``var_names`` (AnnData input) or must match
+        the reference gene count (matrix input).
+        """
+        if not hasattr(self, "components_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("This LinearEmbedding is not fitted yet; call fit() first.")
+        X, var_names = _matrix_and_genes(adata, layer)
+        backend = resolve_device(self.device, X)
+        xp = backend.xp
+        X = self._align(X, var_names, backend)
+        S = self._transform_counts(X, backend)
+        scaling = GeneScaling(
+            mean=xp.asarray(self.mean_), scale=xp.asarray(self.scale_), var=xp.asarray(self.var_), n_cells=0
+        )
+        op = StandardizedOperator(S, scaling)
+        scores = op.matmat(xp.asarray(self.components_.T.astype(np.float32)))
+        return to_host(self._finish_scores(scores, self.explained_variance_, backend))
+
+    def _align(self, X: Any, var_names: Any, backend: Backend) -> Any:
+        ref = self.var_names_
+        G = len(ref)
+        if var_names is None:
+            if X.shape[1] != G:
+                raise ValueError(
+                    f"The query has {X.shape[1]} genes but the reference has {G}; pass an AnnData "
+                    "(genes are then aligned by var_names) or a matrix with the reference's genes."
+                )
+            return X
+        q = np.asarray(var_names).astype(str)
+        if q.shape[0] == G and np.array_equal(q, ref):
+            return X
+        return align_genes(X, q, ref, backend, min_overlap=float(self.min_gene_overlap))
+
+
+def align_genes(X: Any, query_genes: np.ndarray, ref_genes: np.ndarray, backend: Backend, *, min_overlap: float = 0.0) -> Any:
+    """Re-index the columns of counts ``X`` from ``query_genes`` to ``ref_genes`` (missing = 0).
+
+    Returns a CSR matrix on ``backend`` of shape (n_cells, len(ref_genes)); duplicate query gene
+    names are an error (ambiguous), and so is an overlap below ``min_overlap`` of the reference.
+    """
+    if len(set(query_genes)) != len(query_genes):
+        raise ValueError("The query has duplicated gene names (var_names); make them unique first.")
+    pos = {g: i for i, g in enumerate(ref_genes)}
+    qi = np.fromiter((i for i, g in enumerate(query_genes) if g in pos), dtype=np.int64)
+    ri = np.fromiter((pos[query_genes[i]] for i in qi), dtype=np.int64, count=len(qi))
+    G = len(ref_genes)
+    if len(qi) == 0 or len(qi) < min_overlap * G:
+        raise ValueError(
+            f"Only {len(qi)} of the {G} reference genes ({100 * len(qi) / max(G, 1):.1f}%) are present in "
+            f"the query (which has {len(query_genes)} genes); at least {100 * min_overlap:.0f}% are required "
+            "(min_gene_overlap). Check that both use the same gene identifiers (symbols vs Ensembl IDs, "
+            "species: see gpulin.map_orthologs)."
+        )
+    csr = as_csr(X, backend)
+    xp = backend.xp
+    P = backend.sparse.csr_matrix(
+        (xp.ones(len(qi), dtype=csr.dtype), (xp.asarray(qi), xp.asarray(ri))), shape=(csr.shape[1], G)
+    )
+    out = (csr @ P).tocsr()
+    out.sum_duplicates()
+    return out
+
+
+def _matrix_and_genes(adata: Any, layer: str | None) -> tuple[Any, Any]:
+    """(matrix, var_names or None) from an AnnData or a bare matrix."""
+    if hasattr(adata, "obs") and hasattr(adata, "var_names"):
+        return get_matrix(adata, layer), np.asarray(adata.var_names)
+    if layer is not None:
+        raise TypeError("layer= needs an AnnData input.")
+    if not (scipy.sparse.issparse(adata) or hasattr(adata, "shape")):
+        raise TypeError(f"Expected an AnnData or a cells x genes matrix, got {type(adata).__name__}.")
+    return adata, None
+
+
+def embed(
+    adata: Any,
+    *,
+    device: str = "auto",
+    method: str = "sctop",
+    n_components: int = 50,
+    layer: str | None = None,
+    key_added: str = "X_gpulin",
+    batch_size: int | None = None,
+    seed: int = 0,
+    copy: bool = False,
+    scale: bool = True,
+    whiten: bool = False,
+    solver: str = "auto",
+    target_sum: float = 1e4,
+) -> Any:
+    """Embed cells: per-cell transform -> gene standardization -> PCA, without densifying.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Raw counts in ``X`` (or ``layers[layer]``): NumPy, SciPy sparse, CuPy or cupyx sparse
+        (as rapids-singlecell leaves it; then the work stays on the GPU). ``X`` is never modified.
+    device : {"cpu", "cuda", "auto"}
+        ``auto``: the GPU when the data is on it or CUDA is available, else the CPU.
+    method : {"sctop", "lognorm"}
+    n_components : int
+    layer : str, optional
+    key_added : str
+        Writes ``obsm[key_added]`` (float32, n_cells x n_components, host),
+        ``varm[key_added + "_loadings"]`` (float32, n_genes x n_components) and ``uns[key_added]``
+        (method, parameters, device, variance ratios, seconds per stage).
+    batch_size : int, optional
+        Cells per row block (None: automatic, from free GPU memory on CUDA).
+    seed : int
+    copy : bool
+        Work on and return a copy of ``adata`` (else write into it and return None).
+    scale : bool
+        Standardize genes to unit variance (True; pipeline.md) or only centre them.
+    whiten : bool
+        Divide scores by the square root of the explained variance.
+    solver : {"auto", "randomized", "gram"}
+    target_sum : float
+        ``lognorm`` library size.
+
+    Returns
+    -------
+    anndata.AnnData or None
+    """
+    if not (hasattr(adata, "obsm") and hasattr(adata, "uns")):
+        raise TypeError(f"embed() needs an AnnData, got {type(adata).__name__}; use LinearEmbedding for matrices.")
+    if copy:
+        adata = adata.copy()
+    t0 = time.perf_counter()
+    est = LinearEmbedding(
+        method,
+        n_components,
+        scale=scale,
+        whiten=whiten,
+        solver=solver,
+        target_sum=target_sum,
+        device=device,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    scores = est.fit_transform(adata, layer=layer)
+    adata.obsm[key_added] = scores
+    adata.varm[key_added + "_loadings"] = est.components_.T.astype(np.float32)
+    adata.uns[key_added] = {
+        "method": method,
+        "params": {
+            "n_components": int(est.n_components_),
+            "layer": layer,
+            "batch_size": batch_size,
+            "seed": seed,
+            "scale": scale,
+            "whiten": whiten,
+            "solver": est.solver_,
+            "n_iter": int(est.n_iter_),
+            "target_sum": target_sum,
+        },
+        "device": est.backend_.name,
+        "variance": est.explained_variance_,
+        "variance_ratio": est.explained_variance_ratio_,
+        "singular_values": est.singular_values_,
+        "timings": {**est.timings_, "total": time.perf_counter() - t0},
+    }
+    return adata if copy else None

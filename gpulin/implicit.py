@@ -1,0 +1,289 @@
+"""Implicit "sparse + one constant per cell" matrices and their standardized linear operator.
+
+Both transforms of gpulin produce a cells x genes matrix of the form
+
+    S = D + c 1^T
+
+with ``D`` sparse (the pattern of the counts) and ``c`` one constant per cell (the value of the
+cell's zero genes; ``c = 0`` for ``lognorm``). Standardizing genes gives
+
+    A = (S - 1 mu^T) diag(1 / sigma)
+
+which is dense, but every product with it costs one sparse product plus rank-one corrections:
+
+    A v   = D (v / sigma) + c (1^T (v / sigma)) - 1 (mu^T (v / sigma))
+    A^T u = (D^T u + 1 (c^T u) - mu (1^T u)) / sigma
+
+The matrix is held as row blocks (one CSR per block, int32 indices on GPU) so that memory stays
+bounded and more than 2^31 nonzeros work. Sums, means and Gram matrices accumulate in float64;
+products run in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from ._backend import Backend, to_host
+
+#: CSR blocks denser than this are multiplied as dense row tiles (BLAS / cuBLAS GEMM beats
+#: sparse-times-dense there; see benchmarks/README.md). The tile is bounded by ``tile_bytes``.
+TILE_DENSITY = 0.01
+
+
+@dataclass
+class SparsePlusRowConstant:
+    """A cells x genes matrix ``S = D + c 1^T`` stored as CSR row blocks.
+
+    Attributes
+    ----------
+    blocks : list of CSR matrices
+        ``D`` for rows ``row_starts[b]:row_starts[b + 1]``, float32 values, on ``backend``.
+    row_starts : numpy.ndarray of int64, shape (n_blocks + 1,)
+        Block boundaries on the host.
+    c : array of float64, shape (n_cells,)
+        Per-cell constant on ``backend``.
+    n_genes : int
+    backend : Backend
+    """
+
+    blocks: list[Any]
+    row_starts: np.ndarray
+    c: Any
+    n_genes: int
+    backend: Backend
+    _col_stats: tuple[Any, Any] | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.row_starts[-1]), self.n_genes
+
+    @property
+    def nnz(self) -> int:
+        return int(sum(b.nnz for b in self.blocks))
+
+    def iter_blocks(self) -> Iterator[tuple[int, int, Any, Any]]:
+        """Yield ``(start, stop, D_block, c_block)`` for each row block."""
+        for b, blk in enumerate(self.blocks):
+            start, stop = int(self.row_starts[b]), int(self.row_starts[b + 1])
+            yield start, stop, blk, self.c[start:stop]
+
+    def column_sums(self) -> tuple[Any, Any]:
+        """Per-gene sums of ``S`` and of ``S**2`` (float64, on device), cached.
+
+        Uses ``sum_i (d_ig + c_i)^2 = sum_i d_ig^2 + 2 (D^T c)_g + sum_i c_i^2``; nothing dense.
+        """
+        if self._col_stats is None:
+            xp = self.backend.xp
+            s1 = xp.zeros(self.n_genes, dtype=xp.float64)
+            s2 = xp.zeros(self.n_genes, dtype=xp.float64)
+            for _, _, blk, cb in self.iter_blocks():
+                d = blk.data.astype(xp.float64)
+                s1 += xp.bincount(blk.indices, weights=d, minlength=self.n_genes)
+                s2 += xp.bincount(blk.indices, weights=d * d, minlength=self.n_genes)
+                row = _row_ids(blk, xp)
+                s2 += 2.0 * xp.bincount(blk.indices, weights=d * cb[row], minlength=self.n_genes)
+            s1 += self.c.sum()
+            s2 += (self.c * self.c).sum()
+            self._col_stats = (s1, s2)
+        return self._col_stats
+
+    def toarray(self) -> np.ndarray:
+        """Materialize ``S`` as a dense NumPy float32 array (small inputs and tests only)."""
+        out = np.empty(self.shape, dtype=np.float32)
+        for start, stop, blk, cb in self.iter_blocks():
+            dense = to_host(blk.toarray()).astype(np.float64) + to_host(cb)[:, None]
+            out[start:stop] = dense
+        return out
+
+    def nbytes(self) -> int:
+        """Device bytes held by the blocks (values + indices + indptr) and ``c``."""
+        total = int(self.c.nbytes)
+        for blk in self.blocks:
+            total += int(blk.data.nbytes + blk.indices.nbytes + blk.indptr.nbytes)
+        return total
+
+
+def _row_ids(blk: Any, xp: Any) -> Any:
+    """Row index (within the block) of each stored value of a CSR block."""
+    counts = xp.diff(blk.indptr)
+    return xp.repeat(xp.arange(blk.shape[0], dtype=xp.int64), counts.astype(xp.int64))
+
+
+@dataclass
+class GeneScaling:
+    """Per-gene centring and scaling (float64, on device).
+
+    ``mean`` is the gene mean; ``scale`` the population standard deviation, 1 for genes whose
+    variance is zero up to rounding (scikit-learn's ``StandardScaler`` rule).
+    """
+
+    mean: Any
+    scale: Any
+    var: Any
+    n_cells: int
+
+    @classmethod
+    def fit(cls, S: SparsePlusRowConstant, *, center: bool = True, scale: bool = True) -> "GeneScaling":
+        xp = S.backend.xp
+        n = S.shape[0]
+        s1, s2 = S.column_sums()
+        mean = s1 / n
+        var = xp.maximum(s2 / n - mean * mean, 0.0)
+        eps = np.finfo(np.float64).eps
+        # scikit-learn's constant-feature bound, widened by the cancellation error of E[x^2] - mean^2.
+        bound = n * eps * var + (n * mean * eps) ** 2 + 8 * eps * (s2 / n)
+        constant = var <= bound
+        var = xp.where(constant, 0.0, var)
+        sd = xp.where(constant, 1.0, xp.sqrt(var)) if scale else xp.ones_like(mean)
+        if not center:
+            mean = xp.zeros_like(mean)
+        return cls(mean=mean, scale=sd, var=var, n_cells=n)
+
+    def subset(self, genes: Any) -> "GeneScaling":
+        return GeneScaling(self.mean[genes], self.scale[genes], self.var[genes], self.n_cells)
+
+
+class StandardizedOperator:
+    """The implicit linear operator ``A = (S - 1 mu^T) diag(1/sigma)``, optionally on a gene subset.
+
+    Parameters
+    ----------
+    S : SparsePlusRowConstant
+    scaling : GeneScaling
+        Gene means and scales over all genes of ``S``.
+    genes : array of int, optional
+        Column subset (e.g. ANOVA-selected genes); ``None`` means all genes.
+    tile_bytes : int
+        Largest dense row tile used when blocks are denser than :data:`TILE_DENSITY`.
+    """
+
+    def __init__(
+        self,
+        S: SparsePlusRowConstant,
+        scaling: GeneScaling,
+        genes: Any | None = None,
+        *,
+        dense_tiles: bool | None = None,
+        tile_bytes: int = 64 << 20,
+    ) -> None:
+        self.S = S
+        self.backend = S.backend
+        xp = self.backend.xp
+        self.genes = None if genes is None else xp.asarray(genes, dtype=xp.int64)
+        n_genes = S.n_genes if genes is None else int(self.genes.shape[0])
+        self.shape = (S.shape[0], n_genes)
+        sc = scaling if genes is None else scaling.subset(self.genes)
+        self.mean = sc.mean
+        self.inv_scale = 1.0 / sc.scale
+        self.var = sc.var
+        self.scale = sc.scale
+        density = S.nnz / max(1, S.shape[0] * S.n_genes)
+        self.dense_tiles = (density >= TILE_DENSITY) if dense_tiles is None else bool(dense_tiles)
+        self.tile_rows = max(1, int(tile_bytes // (4 * max(1, S.n_genes))))
+        if self.genes is not None:
+            # Selection matrix P (G x G_sel) so that D P = D[:, genes] without copying D.
+            self._select = self.backend.sparse.csr_matrix(
+                (
+                    xp.ones(n_genes, dtype=xp.float32),
+                    (self.genes, xp.arange(n_genes, dtype=xp.int64)),
+                ),
+                shape=(S.n_genes, n_genes),
+            )
+
+    # -- dense row tiles ------------------------------------------------------------------------
+    def _tiles(self) -> Iterator[tuple[int, int, Any, Any]]:
+        for start, stop, blk, cb in self.S.iter_blocks():
+            for s in range(0, stop - start, self.tile_rows):
+                e = min(stop - start, s + self.tile_rows)
+                yield start + s, start + e, blk[s:e] if (s, e) != (0, stop - start) else blk, cb[s:e]
+
+    def tile(self, blk: Any, cb: Any) -> Any:
+        """Dense standardized rows ``A[rows]`` (float32) of one block slice."""
+        xp = self.backend.xp
+        dense = blk.toarray()
+        if self.genes is not None:
+            dense = dense[:, self.genes]
+        dense += cb.astype(xp.float32)[:, None]
+        dense -= self.mean.astype(xp.float32)[None, :]
+        dense *= self.inv_scale.astype(xp.float32)[None, :]
+        return dense
+
+    # -- products -------------------------------------------------------------------------------
+    def matmat(self, V: Any) -> Any:
+        """``A @ V`` for V of shape (n_genes, k); returns float32 (n_cells, k) on device."""
+        xp = self.backend.xp
+        V = xp.asarray(V)
+        W64 = V.astype(xp.float64) * self.inv_scale[:, None]
+        W = W64.astype(xp.float32)
+        out = xp.empty((self.shape[0], V.shape[1]), dtype=xp.float32)
+        if self.dense_tiles:
+            for start, stop, blk, cb in self._tiles():
+                out[start:stop] = self.tile(blk, cb) @ V.astype(xp.float32)
+            return out
+        colsum = W64.sum(axis=0)
+        shift = (self.mean @ W64).astype(xp.float32)
+        Wfull = W if self.genes is None else self._select @ W
+        for start, stop, blk, cb in self.S.iter_blocks():
+            res = blk @ Wfull
+            res += cb.astype(xp.float32)[:, None] * colsum.astype(xp.float32)[None, :]
+            res -= shift[None, :]
+            out[start:stop] = res
+        return out
+
+    def rmatmat(self, U: Any) -> Any:
+        """``A.T @ U`` for U of shape (n_cells, k); returns float64 (n_genes, k) on device."""
+        xp = self.backend.xp
+        U = xp.asarray(U)
+        k = U.shape[1]
+        U32 = U.astype(xp.float32)
+        if self.dense_tiles:
+            acc = xp.zeros((self.shape[1], k), dtype=xp.float64)
+            for start, stop, blk, cb in self._tiles():
+                acc += (self.tile(blk, cb).T @ U32[start:stop]).astype(xp.float64)
+            return acc
+        acc = xp.zeros((self.S.n_genes, k), dtype=xp.float64)
+        cu = xp.zeros(k, dtype=xp.float64)
+        for start, stop, blk, cb in self.S.iter_blocks():
+            Ub = U32[start:stop]
+            acc += (blk.T @ Ub).astype(xp.float64)
+            cu += cb @ Ub.astype(xp.float64)
+        if self.genes is not None:
+            acc = acc[self.genes]
+        usum = U.astype(xp.float64).sum(axis=0)
+        acc += cu[None, :]
+        acc -= self.mean[:, None] * usum[None, :]
+        acc *= self.inv_scale[:, None]
+        return acc
+
+    def gram(self) -> Any:
+        """``A.T @ A`` (n_genes x n_genes, float64), accumulated over dense row tiles."""
+        xp = self.backend.xp
+        acc = xp.zeros((self.shape[1], self.shape[1]), dtype=xp.float64)
+        for start, stop, blk, cb in self._tiles():
+            t = self.tile(blk, cb)
+            acc += (t.T @ t).astype(xp.float64)
+        return acc
+
+    def gram_cells(self) -> Any:
+        """``A @ A.T`` (n_cells x n_cells, float64) from pairs of dense row tiles (few cells only)."""
+        xp = self.backend.xp
+        n = self.shape[0]
+        acc = xp.empty((n, n), dtype=xp.float64)
+        tiles = list(self._tiles())
+        for i, (s1, e1, blk1, cb1) in enumerate(tiles):
+            t1 = self.tile(blk1, cb1)
+            for s2, e2, blk2, cb2 in tiles[i:]:
+                t2 = t1 if s2 == s1 else self.tile(blk2, cb2)
+                prod = (t1 @ t2.T).astype(xp.float64)
+                acc[s1:e1, s2:e2] = prod
+                acc[s2:e2, s1:e1] = prod.T
+        return acc
+
+    def total_variance(self) -> float:
+        """Sum over genes of the sample variance (ddof=1) of the standardized matrix."""
+        n = self.shape[0]
+        xp = self.backend.xp
+        return float(xp.sum(self.var * self.inv_scale**2)) * n / max(n - 1, 1)

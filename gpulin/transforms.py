@@ -1,0 +1,313 @@
+"""Exact per-cell transforms in sparse form: ``sctop`` (rank -> normal scores) and ``lognorm``.
+
+Neither transform ever builds a dense cells x genes matrix: each returns a
+:class:`~gpulin.implicit.SparsePlusRowConstant` ``S = D + c 1^T`` whose sparse part ``D`` shares
+the sparsity pattern (and, on the device where the counts live, the index arrays) of the input.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+
+from ._backend import Backend, get_backend, out_of_memory_errors
+from ._validation import as_csr, check_batch_size, check_counts
+from .implicit import SparsePlusRowConstant, _row_ids
+
+Method = Literal["sctop", "lognorm"]
+METHODS = ("sctop", "lognorm")
+
+#: Bytes of temporary memory per stored value of a block during the scTOP transform (sort keys,
+#: permutation, group bookkeeping); used to size blocks.
+_SCTOP_BYTES_PER_NNZ = 64
+_CPU_BLOCK_NNZ = 1 << 22
+_INT32_MAX = 2**31 - 1
+
+
+class EmptyCellsWarning(UserWarning):
+    """Some cells have no counts; their transformed profile is the zero vector."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Row blocking
+# ---------------------------------------------------------------------------------------------
+def plan_row_blocks(indptr: np.ndarray, n_genes: int, backend: Backend, batch_size: int | None) -> np.ndarray:
+    """Choose row-block boundaries so each block's temporary memory is bounded.
+
+    Parameters
+    ----------
+    indptr : numpy.ndarray, shape (n_cells + 1,)
+        CSR row pointer on the host.
+    batch_size : int or None
+        Cells per block. ``None``: about 4M stored values per block on CPU; on GPU as many as fit
+        in an eighth of free memory (and always fewer than 2^31 stored values).
+
+    Returns
+    -------
+    numpy.ndarray of int64
+        Block boundaries ``[0, ..., n_cells]``.
+    """
+    n = len(indptr) - 1
+    if batch_size is not None:
+        starts = np.arange(0, n, batch_size, dtype=np.int64)
+        bounds = np.append(starts, n)
+        nnz_per = np.diff(indptr[bounds])
+        if nnz_per.size and nnz_per.max() > _INT32_MAX:
+            raise ValueError(
+                f"batch_size={batch_size} puts {int(nnz_per.max())} nonzeros in one block; blocks must "
+                "hold fewer than 2^31. Use a smaller batch_size."
+            )
+        return bounds
+    if backend.is_gpu:
+        free = backend.free_memory_bytes() or (8 << 30)
+        target = int(min(free // (8 * _SCTOP_BYTES_PER_NNZ), _INT32_MAX // 2))
+    else:
+        target = _CPU_BLOCK_NNZ
+    target = max(target, n_genes)  # a block holds at least one full cell
+    bounds = [0]
+    # Greedy cut on the cumulative nonzero count.
+    cuts = np.searchsorted(indptr, np.arange(target, int(indptr[-1]) + target, target), side="right") - 1
+    for cut in cuts:
+        cut = int(min(max(cut, bounds[-1] + 1), n))
+        if cut > bounds[-1]:
+            bounds.append(cut)
+    if bounds[-1] != n:
+        bounds.append(n)
+    return np.asarray(bounds, dtype=np.int64)
+
+
+def _block_view(X: Any, indptr_host: np.ndarray, start: int, stop: int, backend: Backend) -> Any:
+    """CSR rows ``start:stop`` of ``X`` on ``backend``, sharing ``data``/``indices`` when possible."""
+    p0, p1 = int(indptr_host[start]), int(indptr_host[stop])
+    xp = backend.xp
+    if backend.is_gpu:
+        from ._backend import is_gpu_array
+
+        if is_gpu_array(X):
+            indptr = (X.indptr[start : stop + 1] - p0).astype(xp.int32)
+            data, indices = X.data[p0:p1], X.indices[p0:p1].astype(xp.int32, copy=False)
+        else:
+            indptr = xp.asarray((indptr_host[start : stop + 1] - p0).astype(np.int32))
+            data = xp.asarray(X.data[p0:p1])
+            indices = xp.asarray(X.indices[p0:p1].astype(np.int32, copy=False))
+    else:
+        data, indices = X.data[p0:p1], X.indices[p0:p1]
+        indptr = (indptr_host[start : stop + 1] - p0).astype(indices.dtype)
+    return backend.sparse.csr_matrix((data, indices, indptr), shape=(stop - start, X.shape[1]), copy=False)
+
+
+def _with_values(blk: Any, values: Any, backend: Backend) -> Any:
+    """A CSR block with the pattern of ``blk`` (index arrays shared) and new values."""
+    return backend.sparse.csr_matrix((values, blk.indices, blk.indptr), shape=blk.shape, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-block kernels (one implementation for numpy and cupy)
+# ---------------------------------------------------------------------------------------------
+def _sctop_block(blk: Any, n_genes: int, backend: Backend) -> tuple[Any, Any, int]:
+    """scTOP transform of one CSR block in sparse form.
+
+    Returns ``(d_values float32 (nnz,), c float64 (rows,), n_empty)``: the transformed cell is
+    ``d`` at its stored positions and ``c`` everywhere else.
+
+    Ranks are computed on the same float32 keys as ``sctop.process`` (``x / sum(x)`` in float32,
+    then ``+ 1``: ``log2`` is strictly increasing there, so ranks and ties are those of
+    ``log2(1 + x')``). A stored value whose key rounds to 1 (an explicit zero, or a count too
+    small to be seen next to 1 in float32) joins its cell's zero group, exactly as in the dense
+    computation.
+    """
+    xp, special = backend.xp, backend.special
+    rows = blk.shape[0]
+    nnz = int(blk.nnz)
+    G = float(n_genes)
+    indptr = blk.indptr.astype(xp.int64)
+    nnz_row = xp.diff(indptr)
+    row = _row_ids(blk, xp)
+    data32 = blk.data.astype(xp.float32)
+    libsize = xp.bincount(row, weights=data32.astype(xp.float64), minlength=rows).astype(xp.float32)
+    libsize = xp.where(libsize == 0, xp.float32(1.0), libsize)
+    key = data32 / libsize[row] + xp.float32(1.0)  # float32 arithmetic, as in sctop
+    # Sort by (row, key) with one integer sort: positive float32 bit patterns are monotone.
+    composite = (row << 31) | key.view(xp.int32).astype(xp.int64)
+    order = xp.argsort(composite)
+    sorted_key = composite[order]
+    del composite
+    new_group = xp.empty(nnz, dtype=bool)
+    if nnz:
+        new_group[0] = True
+        new_group[1:] = sorted_key[1:] != sorted_key[:-1]
+    group_start = xp.flatnonzero(new_group)
+    group_id = xp.cumsum(new_group) - 1
+    group_end = xp.empty_like(group_start)
+    group_end[:-1] = group_start[1:] - 1
+    if group_start.size:
+        group_end[-1] = nnz - 1
+    mid = 0.5 * (group_start[group_id] + group_end[group_id]).astype(xp.float64)
+    del group_id, new_group
+    srow = sorted_key >> 31
+    is_zero = (sorted_key & 0x7FFFFFFF) == int(np.float32(1.0).view(np.int32))
+    del sorted_key
+    # Average 1-based rank among all G genes: the n_r - nnz_r zero genes come first.
+    rank = (G - nnz_row[srow]).astype(xp.float64) + (mid - indptr[srow].astype(xp.float64)) + 1.0
+    z = special.ndtri(rank / (G + 1.0))
+    z = xp.where(is_zero, 0.0, z)
+    n_zero_like = xp.bincount(srow, weights=is_zero.astype(xp.float64), minlength=rows)
+    n0 = (G - nnz_row.astype(xp.float64)) + n_zero_like
+    z0 = special.ndtri(((n0 + 1.0) / 2.0) / (G + 1.0))
+    norm2 = xp.bincount(srow, weights=z * z, minlength=rows) + n0 * z0 * z0
+    empty = norm2 <= 0
+    n_empty = int(empty.sum())
+    inv_norm = xp.where(empty, 0.0, 1.0 / xp.sqrt(xp.where(empty, 1.0, norm2)))
+    c = z0 * inv_norm
+    vals_sorted = xp.where(is_zero, 0.0, z * inv_norm[srow] - c[srow])
+    d = xp.empty(nnz, dtype=xp.float32)
+    d[order] = vals_sorted.astype(xp.float32)
+    return d, c, n_empty
+
+
+def _lognorm_block(blk: Any, target_sum: float, backend: Backend) -> tuple[Any, Any, int]:
+    """``log1p(x / sum(x) * target_sum)`` of one CSR block; ``c = 0``."""
+    xp = backend.xp
+    rows = blk.shape[0]
+    row = _row_ids(blk, xp)
+    libsize = xp.bincount(row, weights=blk.data.astype(xp.float64), minlength=rows)
+    n_empty = int((libsize == 0).sum())
+    factor = xp.where(libsize > 0, target_sum / xp.where(libsize > 0, libsize, 1.0), 0.0)
+    vals = xp.log1p(blk.data.astype(xp.float64) * factor[row]).astype(xp.float32)
+    return vals, xp.zeros(rows, dtype=xp.float64), n_empty
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------
+def transform_implicit(
+    X: Any,
+    method: str = "sctop",
+    *,
+    device: str | Backend = "auto",
+    batch_size: int | None = None,
+    target_sum: float = 1e4,
+    check: bool = True,
+) -> SparsePlusRowConstant:
+    """Apply a per-cell transform to counts ``X`` and return the implicit result on ``device``.
+
+    Parameters
+    ----------
+    X : array or sparse matrix, shape (n_cells, n_genes)
+        Raw counts (NumPy, SciPy sparse, CuPy or cupyx sparse). Never modified.
+    method : {"sctop", "lognorm"}
+    device : {"cpu", "cuda", "auto"}
+    batch_size : int, optional
+        Cells per row block (None: automatic, from free GPU memory on CUDA).
+    target_sum : float
+        ``lognorm`` library size after normalization (scanpy ``normalize_total``).
+    check : bool
+        Validate the values (finite, non-negative; warn when not integers).
+
+    Returns
+    -------
+    SparsePlusRowConstant
+        ``S = D + c 1^T`` with float32 ``D`` and float64 ``c``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; expected one of {METHODS}.")
+    backend = get_backend(device)
+    batch_size = check_batch_size(batch_size)
+    csr = as_csr(X, backend)
+    if check:
+        check_counts(csr, backend, method=method)
+    if method == "lognorm" and not (np.isfinite(target_sum) and target_sum > 0):
+        raise ValueError(f"target_sum must be a positive number, got {target_sum!r}.")
+    n, G = csr.shape
+    indptr_host = np.asarray(csr.indptr.get() if backend.is_gpu else csr.indptr, dtype=np.int64)
+    bounds = plan_row_blocks(indptr_host, G, backend, batch_size)
+    xp = backend.xp
+    c_all = xp.empty(n, dtype=xp.float64)
+    blocks = []
+    n_empty = 0
+    for b in range(len(bounds) - 1):
+        start, stop = int(bounds[b]), int(bounds[b + 1])
+        try:
+            blk = _block_view(csr, indptr_host, start, stop, backend)
+            if method == "sctop":
+                vals, c, ne = _sctop_block(blk, G, backend)
+            else:
+                vals, c, ne = _lognorm_block(blk, float(target_sum), backend)
+        except out_of_memory_errors(backend) as exc:
+            raise MemoryError(
+                f"Out of {backend.name} memory transforming cells {start}:{stop} "
+                f"({int(indptr_host[stop] - indptr_host[start])} nonzeros) with batch_size="
+                f"{batch_size if batch_size is not None else stop - start}. Pass a smaller batch_size "
+                "(for example half of it)."
+            ) from exc
+        blocks.append(_with_values(blk, vals, backend))
+        c_all[start:stop] = c
+        n_empty += ne
+    if n_empty:
+        warnings.warn(
+            f"{n_empty} of {n} cells have no counts; their {method} profile is the zero vector. "
+            "Consider removing them (e.g. scanpy.pp.filter_cells(adata, min_counts=1)).",
+            EmptyCellsWarning,
+            stacklevel=2,
+        )
+    return SparsePlusRowConstant(blocks=blocks, row_starts=bounds, c=c_all, n_genes=G, backend=backend)
+
+
+def sctop_transform(
+    X: Any,
+    *,
+    device: str = "cpu",
+    dense: bool = False,
+    batch_size: int | None = None,
+) -> SparsePlusRowConstant | np.ndarray:
+    """The exact scTOP transform (rank -> normal scores -> unit norm per cell), never densified.
+
+    Computes, per cell, what ``sctop.process`` computes (``pipeline.md`` section 1) over all genes
+    of ``X``: library normalization, average ranks with ties, ``ndtri(rank / (G + 1))`` and
+    division by the cell's L2 norm. Cells without counts map to the zero vector (``sctop``
+    returns NaN for them).
+
+    Parameters
+    ----------
+    X : array or sparse matrix, shape (n_cells, n_genes)
+        Raw counts; cells are rows (``sctop.process`` takes genes x cells).
+    device : {"cpu", "cuda", "auto"}
+    dense : bool
+        Return a NumPy float32 (n_cells, n_genes) array (small inputs and tests only).
+    batch_size : int, optional
+        Cells per row block.
+
+    Returns
+    -------
+    SparsePlusRowConstant or numpy.ndarray
+        The implicit result (``.toarray()`` materializes it) or, with ``dense=True``, the array.
+    """
+    S = transform_implicit(X, "sctop", device=device, batch_size=batch_size)
+    return S.toarray() if dense else S
+
+
+def lognorm_transform(
+    X: Any,
+    *,
+    target_sum: float = 1e4,
+    device: str = "cpu",
+    dense: bool = False,
+    batch_size: int | None = None,
+) -> SparsePlusRowConstant | np.ndarray:
+    """``log1p`` of counts scaled to ``target_sum`` per cell (scanpy ``normalize_total`` + ``log1p``).
+
+    Returns the implicit result (sparse, ``c = 0``) or, with ``dense=True``, a NumPy float32 array.
+    """
+    S = transform_implicit(X, "lognorm", device=device, batch_size=batch_size, target_sum=target_sum)
+    return S.toarray() if dense else S
+
+
+__all__ = [
+    "EmptyCellsWarning",
+    "lognorm_transform",
+    "plan_row_blocks",
+    "sctop_transform",
+    "transform_implicit",
+]
