@@ -202,6 +202,9 @@ def pca(
         # Scores as A V (one more pass) rather than Q Ub S: identical to what transform() gives
         # for the same cells, so models trained on fit scores see the same space at predict time.
         scores = op.matmat(xp.asarray(components.T.astype(np.float32)))
+        # Report ||A v_j|| (the Rayleigh quotient; at least the Ritz value) so that explained
+        # variances, and whitened scores, describe the scores actually returned.
+        sv = np.sqrt(np.asarray(to_host((scores.astype(xp.float64) ** 2).sum(axis=0))))
         used_iter = n_iter
     explained_variance = sv**2 / max(n - 1, 1)
     ratio = explained_variance / total_var if total_var > 0 else np.zeros_like(explained_variance)

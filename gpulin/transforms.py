@@ -27,7 +27,7 @@ _INT32_MAX = 2**31 - 1
 
 
 class EmptyCellsWarning(UserWarning):
-    """Some cells have no counts; their transformed profile is the zero vector."""
+    """Some cells have no counts (or, for scTOP, all genes equal); their profile is the zero vector."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,7 +64,9 @@ def plan_row_blocks(indptr: np.ndarray, n_genes: int, backend: Backend, batch_si
         free = backend.free_memory_bytes() or (8 << 30)
         target = int(min(free // (8 * _SCTOP_BYTES_PER_NNZ), _INT32_MAX // 2))
     else:
-        target = _CPU_BLOCK_NNZ
+        # ~4M values per block, fewer for small inputs so the sort's temporaries stay a fraction
+        # of the input's own size.
+        target = int(np.clip(int(indptr[-1]) // 8, 1 << 18, _CPU_BLOCK_NNZ))
     target = max(target, n_genes)  # a block holds at least one full cell
     bounds = [0]
     # Greedy cut on the cumulative nonzero count.
@@ -247,8 +249,10 @@ def transform_implicit(
         n_empty += ne
     if n_empty:
         warnings.warn(
-            f"{n_empty} of {n} cells have no counts; their {method} profile is the zero vector. "
-            "Consider removing them (e.g. scanpy.pp.filter_cells(adata, min_counts=1)).",
+            f"{n_empty} of {n} cells have no counts"
+            + (" or the same count in every gene" if method == "sctop" else "")
+            + f"; their {method} profile is set to the zero vector. Consider removing them "
+            "(e.g. scanpy.pp.filter_cells(adata, min_counts=1)).",
             EmptyCellsWarning,
             stacklevel=2,
         )

@@ -1,0 +1,180 @@
+"""gpulin.embed and LinearEmbedding: outputs, alignment, input safety, memory, bad input, devices."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import gpulin
+from gpulin import GPUUnavailableError, LinearEmbedding
+
+from conftest import make_counts
+
+
+def make_adata(n=300, g=400, seed=0) -> ad.AnnData:
+    X = make_counts(n=n, g=g, seed=seed)
+    return ad.AnnData(
+        X, obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]), var=pd.DataFrame(index=[f"g{j}" for j in range(g)])
+    )
+
+
+def test_embed_writes_results_and_leaves_x_untouched():
+    a = make_adata()
+    before = a.X.copy()
+    assert gpulin.embed(a, device="cpu", n_components=12) is None
+    emb = a.obsm["X_gpulin"]
+    assert emb.shape == (300, 12) and emb.dtype == np.float32 and isinstance(emb, np.ndarray)
+    assert a.varm["X_gpulin_loadings"].shape == (400, 12)
+    info = a.uns["X_gpulin"]
+    assert info["method"] == "sctop" and info["device"] == "cpu"
+    assert info["params"]["n_components"] == 12
+    assert set(info["timings"]) >= {"transform", "standardize", "pca", "total"}
+    ratio = info["variance_ratio"]
+    assert ratio.shape == (12,) and np.all(ratio > 0) and ratio.sum() < 1 and np.all(np.diff(ratio[:5]) <= 1e-9)
+    assert (a.X != before).nnz == 0 and a.X.dtype == before.dtype
+
+
+def test_embed_copy_layer_and_key():
+    a = make_adata()
+    a.layers["counts"] = a.X.copy()
+    a.X = sp.csr_matrix(a.shape, dtype=np.float32)  # X holds something else
+    b = gpulin.embed(a, device="cpu", layer="counts", n_components=5, key_added="X_s", copy=True, method="lognorm")
+    assert "X_s" in b.obsm and "X_s" not in a.obsm
+    assert b.uns["X_s"]["method"] == "lognorm"
+
+
+def test_embed_matches_materialized_pipeline():
+    """embed == dense transform -> StandardScaler -> exact PCA (up to sign, leading components)."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    a = make_adata(n=400, g=300, seed=2)
+    gpulin.embed(a, device="cpu", n_components=4, solver="gram")
+    dense = gpulin.sctop_transform(a.X, dense=True).astype(np.float64)
+    ref = PCA(4, svd_solver="full").fit_transform(StandardScaler().fit_transform(dense))
+    ours = a.obsm["X_gpulin"]
+    corr = np.abs(np.sum(ours * ref, axis=0)) / (np.linalg.norm(ours, axis=0) * np.linalg.norm(ref, axis=0))
+    assert corr.min() > 0.9999
+
+
+def test_linear_embedding_aligns_query_genes_by_name():
+    a = make_adata(n=400, g=300, seed=3)
+    ref, query = a[:300].copy(), a[300:].copy()
+    est = LinearEmbedding(n_components=8, device="cpu").fit(ref)
+    base = est.transform(query)
+    # Permuted genes give the same embedding.
+    perm = np.random.default_rng(0).permutation(query.n_vars)
+    np.testing.assert_allclose(est.transform(query[:, perm].copy()), base, rtol=1e-5, atol=1e-5)
+    # Extra genes are ignored; missing genes count as zero.
+    extra = ad.concat([query, ad.AnnData(sp.csr_matrix(np.ones((100, 5), np.float32)),
+                                          var=pd.DataFrame(index=[f"x{i}" for i in range(5)]),
+                                          obs=query.obs)], axis=1)
+    np.testing.assert_allclose(est.transform(extra), base, rtol=1e-5, atol=1e-5)
+    missing = query[:, 10:].copy()
+    zeroed = query.copy()
+    lil = query.X.tolil()
+    lil[:, :10] = 0
+    zeroed.X = sp.csr_matrix(lil)
+    np.testing.assert_allclose(est.transform(missing), est.transform(zeroed), rtol=1e-5, atol=1e-5)
+    # Transform of the training cells equals the fit scores.
+    np.testing.assert_allclose(est.transform(ref), est.fit_transform(ref), rtol=1e-4, atol=1e-4)
+
+
+def test_too_little_gene_overlap_names_the_numbers():
+    a = make_adata(n=100, g=200)
+    est = LinearEmbedding(n_components=3, device="cpu").fit(a)
+    b = a[:, :50].copy()
+    with pytest.raises(ValueError, match=r"Only 50 of the 200 reference genes \(25.0%\)"):
+        est.transform(b)
+    with pytest.raises(ValueError, match="The query has 50 genes but the reference has 200"):
+        est.transform(b.X)
+
+
+def test_bad_input_errors():
+    a = make_adata(n=50, g=40)
+    with pytest.raises(ValueError, match=r"n_components=41 is out of range.*min\(50, 40\) = 40"):
+        gpulin.embed(a, device="cpu", n_components=41)
+    with pytest.raises(ValueError, match="Unknown method"):
+        gpulin.embed(a, device="cpu", method="pearson")
+    with pytest.raises(ValueError, match="Unknown device"):
+        gpulin.embed(a, device="gpu0")
+    with pytest.raises(KeyError, match="Layer 'counts' not found"):
+        gpulin.embed(a, device="cpu", layer="counts")
+    with pytest.raises(TypeError, match="needs an AnnData"):
+        gpulin.embed(a.X, device="cpu")
+    bad = a.copy()
+    bad.X.data[0] = -3
+    with pytest.raises(ValueError, match="negative"):
+        gpulin.embed(bad, device="cpu", n_components=5)
+    with pytest.raises(ValueError, match="batch_size"):
+        gpulin.embed(a, device="cpu", batch_size=0)
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        LinearEmbedding().transform(a)
+
+
+def test_cuda_without_gpu_raises_a_clear_error():
+    if gpulin.cuda_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(GPUUnavailableError, match="device='cuda' was requested but"):
+        gpulin.embed(make_adata(50, 40), device="cuda", n_components=2)
+    assert gpulin.get_backend("auto").name == "cpu"
+
+
+def test_deterministic_for_a_seed():
+    a, b = make_adata(seed=1), make_adata(seed=1)
+    gpulin.embed(a, device="cpu", n_components=10, solver="randomized", seed=7)
+    gpulin.embed(b, device="cpu", n_components=10, solver="randomized", seed=7)
+    np.testing.assert_array_equal(a.obsm["X_gpulin"], b.obsm["X_gpulin"])
+
+
+def test_no_densification_peak_memory():
+    """20000 x 20000 sparse input: peak traced memory of embed stays under 3x the CSR size."""
+    rng = np.random.default_rng(0)
+    n = g = 20_000
+    nnz_per_row = 600  # 3% density, 1.2e7 stored values
+    indices = np.sort(rng.integers(0, g, size=(n, nnz_per_row)), axis=1)
+    X = sp.csr_matrix(
+        (rng.poisson(2.0, size=n * nnz_per_row).astype(np.float32) + 1, indices.ravel().astype(np.int32),
+         np.arange(0, n * nnz_per_row + 1, nnz_per_row, dtype=np.int32)),
+        shape=(n, g),
+    )
+    X.sum_duplicates()
+    csr_bytes = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+    a = ad.AnnData(X)
+    tracemalloc.start()
+    try:
+        gpulin.embed(a, device="cpu", n_components=10)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert a.obsm["X_gpulin"].shape == (n, 10)
+    assert peak < 3 * csr_bytes, f"peak {peak / 2**20:.0f} MiB vs CSR {csr_bytes / 2**20:.0f} MiB"
+
+
+@pytest.mark.gpu
+def test_cpu_and_gpu_agree_and_gpu_input_stays_on_gpu():
+    import cupy as cp
+    import cupyx.scipy.sparse as cusp
+
+    a = make_adata(n=500, g=700, seed=4)
+    cpu = gpulin.sctop_transform(a.X, dense=True)
+    gpu = gpulin.sctop_transform(a.X, device="cuda", dense=True)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-6)
+    np.testing.assert_allclose(
+        gpulin.lognorm_transform(a.X, device="cuda", dense=True), gpulin.lognorm_transform(a.X, dense=True), atol=1e-5
+    )
+    b = a.copy()
+    gpulin.embed(a, device="cpu", n_components=6, solver="randomized")
+    b.X = cusp.csr_matrix(b.X)  # as rapids-singlecell leaves it
+    gpulin.embed(b, device="auto", n_components=6, solver="randomized")
+    assert b.uns["X_gpulin"]["device"] == "cuda" and isinstance(b.X, cusp.csr_matrix)
+    x, y = a.obsm["X_gpulin"], b.obsm["X_gpulin"]
+    np.testing.assert_allclose(np.abs(np.sum(x * y, 0)) / np.sum(x * x, 0), 1.0, atol=1e-3)
+    assert isinstance(y, np.ndarray) and cp.get_default_memory_pool() is not None

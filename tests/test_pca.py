@@ -1,0 +1,112 @@
+"""PCA on the implicit operator vs a dense float64 SVD of the materialized matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpulin
+from gpulin.implicit import GeneScaling, StandardizedOperator
+from gpulin.pca import orthonormalize, pca
+
+from conftest import make_counts
+
+
+def dense_reference(S) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    dense = S.toarray().astype(np.float64)
+    mu = dense.mean(axis=0)
+    sd = dense.std(axis=0)
+    sd[sd == 0] = 1.0
+    A = (dense - mu) / sd
+    U, s, Vt = np.linalg.svd(A, full_matrices=False)
+    return A, U, s, Vt
+
+
+def noise_floor(n: int, g: int) -> float:
+    """Largest singular value of an n x g matrix of unit-variance noise (Marchenko-Pastur edge)."""
+    return np.sqrt(n) + np.sqrt(g)
+
+
+def check_against_dense(res, s, Vt, floor, k):
+    above = int(np.sum(s[:k] > 1.5 * floor))
+    assert above >= 3, "test data should have a clear signal"
+    np.testing.assert_allclose(res.singular_values[:above], s[:above], rtol=1e-3)
+    cos = np.linalg.svd(Vt[:above] @ res.components[:above].T, compute_uv=False)
+    assert cos.min() >= 0.999
+    # Component by component (sign included: svd_flip convention on the loadings).
+    ref = Vt[:above] * np.sign(Vt[:above][np.arange(above), np.argmax(np.abs(Vt[:above]), axis=1)])[:, None]
+    assert np.all(np.sum(ref * res.components[:above], axis=1) >= 0.999)
+
+
+@pytest.fixture(scope="module")
+def low_rank():
+    X = make_counts(n=500, g=700, rank=8, seed=4, depth=0.5)
+    S = gpulin.sctop_transform(X)
+    return S, dense_reference(S)
+
+
+@pytest.mark.parametrize("solver", ["randomized", "gram"])
+@pytest.mark.parametrize("dense_tiles", [False, True])
+def test_pca_matches_dense_svd(low_rank, solver, dense_tiles):
+    S, (A, U, s, Vt) = low_rank
+    op = StandardizedOperator(S, GeneScaling.fit(S), dense_tiles=dense_tiles, tile_bytes=40_000)
+    res = pca(op, 20, solver=solver, seed=0)
+    assert res.solver == solver
+    check_against_dense(res, s, Vt, noise_floor(*A.shape), 20)
+    # Scores are A @ components.T.
+    np.testing.assert_allclose(res.scores, A @ res.components.T, atol=2e-4 * np.abs(A @ res.components.T).max())
+    # Explained variance ratio uses the total variance of the standardized matrix (ddof=1).
+    total = A.var(axis=0, ddof=1).sum()
+    np.testing.assert_allclose(res.explained_variance_ratio, res.singular_values**2 / (A.shape[0] - 1) / total)
+
+
+def test_cells_side_gram_when_fewer_cells_than_genes():
+    X = make_counts(n=150, g=900, rank=6, seed=5, depth=0.5)
+    S = gpulin.sctop_transform(X)
+    A, U, s, Vt = dense_reference(S)
+    res = pca(StandardizedOperator(S, GeneScaling.fit(S)), 149, solver="gram")
+    np.testing.assert_allclose(res.singular_values[:100], s[:100], rtol=1e-4)
+    np.testing.assert_allclose(res.scores, A @ res.components.T, atol=1e-3)
+
+
+def test_pca_on_baron_above_noise_floor(baron_human):
+    S = gpulin.sctop_transform(baron_human.X[:800])
+    A, U, s, Vt = dense_reference(S)
+    op = StandardizedOperator(S, GeneScaling.fit(S))
+    for solver in ("randomized", "gram"):
+        check_against_dense(pca(op, 30, solver=solver), s, Vt, noise_floor(*A.shape), 30)
+
+
+def test_determinism_and_seed(low_rank):
+    S, _ = low_rank
+    op = StandardizedOperator(S, GeneScaling.fit(S))
+    a = pca(op, 10, solver="randomized", seed=3)
+    b = pca(op, 10, solver="randomized", seed=3)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.components, b.components)
+    c = pca(op, 10, solver="randomized", seed=4)
+    # A different seed gives the same leading components up to rounding.
+    np.testing.assert_allclose(np.abs(np.sum(a.components[:5] * c.components[:5], axis=1)), 1.0, atol=1e-4)
+
+
+def test_whitening_matches_sklearn_semantics(low_rank):
+    S, (A, U, s, Vt) = low_rank
+    est = gpulin.LinearEmbedding(n_components=10, whiten=True, device="cpu")
+    Z = est.fit_transform(make_counts(n=500, g=700, rank=8, seed=4, depth=0.5))
+    np.testing.assert_allclose(Z.var(axis=0, ddof=1), 1.0, rtol=1e-3)
+    from sklearn.decomposition import PCA
+
+    ref = PCA(10, whiten=True, svd_solver="full").fit_transform(A)
+    np.testing.assert_allclose(np.abs(np.sum(ref[:, :5] * Z[:, :5], axis=0)) / (len(Z) - 1), 1.0, rtol=1e-3, atol=1e-3)
+
+
+def test_orthonormalize_rank_deficient_falls_back_to_qr():
+    rng = np.random.default_rng(0)
+    Y = rng.standard_normal((200, 3)).astype(np.float32) @ rng.standard_normal((3, 8)).astype(np.float32)
+    Q = orthonormalize(Y, np)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(8), atol=1e-5)
+    Yw = rng.standard_normal((300, 12)).astype(np.float32)
+    Qw = orthonormalize(Yw, np)
+    np.testing.assert_allclose(Qw.T @ Qw, np.eye(12), atol=1e-5)
+    # Same span.
+    np.testing.assert_allclose(Qw @ (Qw.T @ Yw), Yw, atol=1e-4)
