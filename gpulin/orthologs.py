@@ -1,0 +1,116 @@
+"""Rename genes across species through a one-to-one ortholog table."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["map_orthologs"]
+
+
+def _read_table(table: pd.DataFrame | str | os.PathLike, source_col: str, target_col: str) -> pd.DataFrame:
+    if isinstance(table, (str, os.PathLike)):
+        path = os.fspath(table)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Ortholog table not found: {path!r}.")
+        sep = "\t" if path.endswith((".tsv", ".tsv.gz", ".txt", ".txt.gz")) else ","
+        table = pd.read_csv(path, sep=sep, usecols=lambda c: c in (source_col, target_col), dtype=str)
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"table must be a pandas DataFrame or a CSV/TSV path, got {type(table).__name__}.")
+    missing = [c for c in (source_col, target_col) if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"Ortholog table has no column(s) {missing}; available columns: {list(map(str, table.columns))}."
+        )
+    if source_col == target_col:
+        raise ValueError(f"source_col and target_col are the same column ({source_col!r}).")
+    pairs = table[[source_col, target_col]].dropna()
+    pairs = pairs.astype(str)
+    pairs = pairs[(pairs[source_col].str.len() > 0) & (pairs[target_col].str.len() > 0)]
+    return pairs.drop_duplicates()
+
+
+def map_orthologs(
+    adata: Any,
+    table: pd.DataFrame | str | os.PathLike,
+    source_col: str,
+    target_col: str,
+) -> Any:
+    """Rename the genes of ``adata`` through a one-to-one ortholog table.
+
+    The table's ``source_col`` holds gene names of ``adata``'s species (matched exactly against
+    ``adata.var_names``) and ``target_col`` the names to map them to. Only unambiguous one-to-one
+    pairs are used: rows with a missing name are ignored, repeated identical rows count once, and
+    every row of a source gene listed with more than one target, or of a target listed with more
+    than one source, is dropped (ambiguity is judged on the whole table). Genes of ``adata``
+    without a usable pair are dropped.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Cells x genes, genes named in the source species. Not modified.
+    table : pandas.DataFrame or path
+        The ortholog table, or a CSV (TSV for ``.tsv`` / ``.txt``) file holding it.
+    source_col, target_col : str
+        Columns of the source-species and target-species gene names.
+
+    Returns
+    -------
+    anndata.AnnData
+        A new object with the mapped genes only, in their original order, named in the target
+        species (``var_names``); ``X``, layers, ``var``, ``varm`` are sliced by column (sparse
+        stays sparse; ``obs`` and ``obsm`` are copied). ``var[source_col]`` keeps the original
+        names, and ``uns["map_orthologs"]`` counts ``n_input_genes``, ``n_mapped``,
+        ``n_dropped_ambiguous_source`` (genes whose name maps to more than one target, or that
+        are in the table but occur more than once in ``var_names``), ``n_dropped_ambiguous_target`` (genes whose
+        target is also the ortholog of another source gene) and ``n_unmapped`` (genes absent
+        from the table); the four parts add up to ``n_input_genes``.
+
+    Raises
+    ------
+    ValueError
+        Missing columns, or no gene of ``adata`` maps.
+    """
+    pairs = _read_table(table, source_col, target_col)
+    src, tgt = pairs[source_col], pairs[target_col]
+    amb_src = set(src[src.duplicated(keep=False)])
+    amb_tgt = set(tgt[tgt.duplicated(keep=False)])
+    mapping = dict(zip(src, tgt))
+
+    genes = pd.Index(adata.var_names).astype(str)
+    dup_gene = genes.duplicated(keep=False)
+    in_table = genes.isin(mapping.keys())
+    is_amb_src = in_table & (genes.isin(list(amb_src)) | dup_gene)
+    targets = np.array([mapping.get(g, "") for g in genes], dtype=object)
+    is_amb_tgt = ~is_amb_src & in_table & pd.Index(targets).isin(list(amb_tgt))
+    unmapped = ~in_table
+    keep = ~is_amb_src & ~is_amb_tgt & ~unmapped
+
+    stats = {
+        "n_input_genes": int(len(genes)),
+        "n_mapped": int(keep.sum()),
+        "n_dropped_ambiguous_source": int(is_amb_src.sum()),
+        "n_dropped_ambiguous_target": int(is_amb_tgt.sum()),
+        "n_unmapped": int(unmapped.sum()),
+    }
+    if stats["n_mapped"] == 0:
+        example = ", ".join(map(repr, list(genes[:3])))
+        table_example = ", ".join(map(repr, list(src.iloc[:3])))
+        raise ValueError(
+            f"No gene of adata maps through the ortholog table ({source_col!r} -> {target_col!r}): "
+            f"{stats['n_unmapped']} of {stats['n_input_genes']} genes are absent from the table, "
+            f"{stats['n_dropped_ambiguous_source'] + stats['n_dropped_ambiguous_target']} ambiguous. "
+            f"adata genes look like [{example}], table {source_col!r} like [{table_example}]: "
+            "check the species direction and the gene identifier type (symbols vs Ensembl IDs)."
+        )
+
+    idx = np.flatnonzero(keep)
+    out = adata[:, idx].copy()
+    old_names = genes[idx]
+    out.var[source_col] = np.asarray(old_names, dtype=object)
+    out.var_names = pd.Index(targets[idx].astype(str), name=adata.var_names.name)
+    out.uns["map_orthologs"] = stats
+    return out
