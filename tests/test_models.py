@@ -304,7 +304,8 @@ def test_logistic_cpu_gpu_agree(n_classes):
     X, y = _dataset(n_classes, n=3000, p=40, seed=11)
     cpu = LogisticRegression(class_weight="balanced", device="cpu").fit(X, y)
     gpu_np = LogisticRegression(class_weight="balanced", device="cuda").fit(X, y)
-    gpu_cp = LogisticRegression(class_weight="balanced", device="auto", batch_size=700).fit(cp.asarray(X), cp.asarray(y))
+    gpu_cp = LogisticRegression(class_weight="balanced", device="auto", batch_size=700)
+    gpu_cp.fit(cp.asarray(X), cp.asarray(y))
     for m in (gpu_np, gpu_cp):
         np.testing.assert_allclose(m.coef_, cpu.coef_, atol=1e-6)
         np.testing.assert_allclose(m.predict_proba(X), cpu.predict_proba(X), atol=1e-6)
@@ -314,12 +315,11 @@ def test_logistic_cpu_gpu_agree(n_classes):
     X32 = cp.asarray(X, dtype=cp.float32)
     m32 = LogisticRegression(class_weight="balanced").fit(X32, y)
     np.testing.assert_allclose(m32.predict_proba(X32), cpu.predict_proba(X), atol=1e-4)
-    # fitted on GPU, predicted on CPU and the other way round
-    np.testing.assert_allclose(
-        LogisticRegression(class_weight="balanced", device="cpu").fit(X, y).predict_proba(X),
-        clone(gpu_cp).set_params(device="cpu").fit(X, y).predict_proba(X),
-        atol=1e-12,
-    )
+    # fitted on the GPU, predicted on the CPU, and the other way round
+    on_cpu = clone(gpu_cp).fit(cp.asarray(X), y).set_params(device="cpu")
+    np.testing.assert_allclose(on_cpu.predict_proba(X), cpu.predict_proba(X), atol=1e-6)
+    on_gpu = clone(cpu).fit(X, y).set_params(device="cuda")
+    np.testing.assert_allclose(on_gpu.predict_proba(X), cpu.predict_proba(X), atol=1e-12)
 
 
 @pytest.mark.gpu
@@ -335,4 +335,5 @@ def test_ridge_cpu_gpu_agree(class_weight):
     np.testing.assert_allclose(gpu_m.intercept_, cpu.intercept_, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(gpu_m.predict(cp.asarray(X)), cpu.predict(X))
     wide = RidgeClassifier(device="cuda").fit(X[:30], y[:30])
-    np.testing.assert_allclose(wide.coef_, RidgeClassifier(device="cpu").fit(X[:30], y[:30]).coef_, rtol=1e-8, atol=1e-12)
+    wide_cpu = RidgeClassifier(device="cpu").fit(X[:30], y[:30])
+    np.testing.assert_allclose(wide.coef_, wide_cpu.coef_, rtol=1e-8, atol=1e-12)

@@ -59,7 +59,8 @@ def test_small_table_counts_names_and_data(small):
         "n_unmapped": 2,
     }
     stats = out.uns["map_orthologs"]
-    assert stats["n_mapped"] + stats["n_dropped_ambiguous_source"] + stats["n_dropped_ambiguous_target"] + stats["n_unmapped"] == 8
+    parts = ("n_mapped", "n_dropped_ambiguous_source", "n_dropped_ambiguous_target", "n_unmapped")
+    assert sum(stats[k] for k in parts) == 8
     cols = [0, 4, 6]
     assert scipy.sparse.issparse(out.X)
     np.testing.assert_array_equal(out.X.toarray(), adata.X[:, cols].toarray())

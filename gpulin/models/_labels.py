@@ -71,12 +71,19 @@ def encode_labels(y: Any, n_samples: int | None = None, *, name: str = "y") -> t
         y = np.asarray(y)
     elif isinstance(y, pd.DataFrame):
         if y.shape[1] != 1:
-            raise ValueError(f"{name} must be 1-dimensional (one label per sample), got a DataFrame with {y.shape[1]} columns.")
+            raise ValueError(
+                f"{name} must be 1-dimensional (one label per sample), got a DataFrame with {y.shape[1]} columns."
+            )
         y = y.iloc[:, 0].to_numpy()
     elif is_gpu_array(y):
         y = to_host(y)
     elif scipy.sparse.issparse(y):
         raise TypeError(f"{name} must be a 1-dimensional array of labels, not a sparse matrix.")
+    elif isinstance(y, (list, tuple)):
+        # np.asarray(["a", 1]) would silently turn 1 into "1": refuse mixed strings and numbers
+        kinds = {isinstance(v, str) for v in y if v is not None and not (isinstance(v, float) and np.isnan(v))}
+        if len(kinds) > 1:
+            raise TypeError(f"{name} mixes string and non-string labels; use one type for all labels.")
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y.ravel()
@@ -86,7 +93,9 @@ def encode_labels(y: Any, n_samples: int | None = None, *, name: str = "y") -> t
             "multi-output / multilabel targets are not supported."
         )
     if n_samples is not None and y.shape[0] != n_samples:
-        raise ValueError(f"X and {name} have inconsistent lengths: X has {n_samples} rows, {name} has {y.shape[0]} labels.")
+        raise ValueError(
+            f"X and {name} have inconsistent lengths: X has {n_samples} rows, {name} has {y.shape[0]} labels."
+        )
     if y.shape[0] == 0:
         raise ValueError(f"{name} is empty.")
 
@@ -108,11 +117,20 @@ def encode_labels(y: Any, n_samples: int | None = None, *, name: str = "y") -> t
             f"{name} looks continuous (non-integer float values such as {_label_repr(y[y != np.round(y)])}); "
             "a classifier needs discrete class labels."
         )
+    # hash-based factorization (fast for a million string labels), then sort the few uniques
+    raw_codes, uniques = pd.factorize(y, use_na_sentinel=False)
+    uniques = np.asarray(uniques)
     try:
-        classes, codes = np.unique(y, return_inverse=True)
+        classes = np.unique(uniques)
+        remap = np.searchsorted(classes, uniques)
     except TypeError as exc:
-        types = sorted({type(v).__name__ for v in y})
-        raise TypeError(f"{name} mixes label types that cannot be ordered ({', '.join(types)}); use one type for all labels.") from exc
+        types = sorted({type(v).__name__ for v in uniques})
+        raise TypeError(
+            f"{name} mixes label types that cannot be ordered ({', '.join(types)}); use one type for all labels."
+        ) from exc
+    if y.dtype.kind != "O" and classes.dtype != y.dtype:
+        classes = classes.astype(y.dtype)
+    codes = remap[raw_codes]
     codes = np.asarray(codes, dtype=np.int64).ravel()
     if classes.shape[0] < 2:
         raise ValueError(f"The classifier needs at least 2 classes, got 1: {_label_repr(classes)}.")
