@@ -1,0 +1,283 @@
+"""Public entry points: :func:`embed` (AnnData -> cell embeddings) and :func:`count_parameters`.
+
+PyTorch is imported inside the functions, so ``import gpulin.fm`` works without it.
+
+What :func:`embed` times when a benchmark wraps it: tokenization (from the AnnData's CSR counts),
+host-to-device copies, the forward passes and the copy of the embeddings back to the host. Model
+construction is not part of it: the random-weight model is built once and cached
+(:func:`load_model`), as a loaded checkpoint would be. Cells are processed longest first so that
+padding to the batch maximum wastes little; the result is returned in the input order. On CUDA
+the forward pass runs under bf16 autocast; on CPU in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .configs import FMConfig, get_config
+from .tokenizers import TokenBatch, counts_matrix, expected_lengths, gene_nonzero_medians, tokenize
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .models import FMEncoder
+
+#: CPU batch size when none is given (models wider than 512: 2).
+CPU_DEFAULT_BATCH = 4
+#: Largest batch tried by the CUDA batch-size probe.
+CUDA_MAX_BATCH = 1024
+
+_MODEL_CACHE: dict[tuple, Any] = {}
+_BATCH_CACHE: dict[tuple, int] = {}
+
+
+@dataclass
+class EmbedStats:
+    """What one :func:`embed_with_stats` call computed.
+
+    Attributes
+    ----------
+    model, device : str
+    n_cells, batch_size, n_batches : int
+    tokens : int
+        Real (non-padding) tokens over all cells.
+    padded_tokens : int
+        Tokens actually processed (batch x padded length, summed over batches).
+    flops : float
+        Analytical forward FLOPs over all batches (:func:`gpulin.fm.models.forward_flops`).
+    """
+
+    model: str
+    device: str
+    n_cells: int
+    batch_size: int
+    n_batches: int
+    tokens: int
+    padded_tokens: int
+    flops: float
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when PyTorch sees a GPU, else CPU; ``"cuda"`` without one raises.
+
+    Raises
+    ------
+    gpulin._backend.GPUUnavailableError
+        ``device="cuda"`` but ``torch.cuda.is_available()`` is False.
+    """
+    import torch
+
+    from .._backend import GPUUnavailableError
+
+    name = str(device).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GPUUnavailableError(
+            "device='cuda' was requested but PyTorch sees no CUDA device (torch "
+            f"{torch.__version__}); install a CUDA build of torch or use device='cpu'."
+        )
+    return dev
+
+
+def load_model(model: str | FMConfig = "geneformer-v1-10m", device: str = "auto", seed: int = 0) -> FMEncoder:
+    """Random-weight encoder for ``model`` on ``device``, cached (one model kept at a time).
+
+    Parameters
+    ----------
+    model : str or FMConfig
+        Registry name (:func:`gpulin.fm.list_models`) or configuration.
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    seed : int
+        Weight seed.
+
+    Returns
+    -------
+    FMEncoder
+    """
+    from .models import build_model
+
+    cfg = get_config(model)
+    dev = resolve_device(device)
+    key = (cfg, str(dev), int(seed))
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()  # free the previous model before allocating the next
+        if dev.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+        _MODEL_CACHE[key] = build_model(cfg, device=dev, seed=seed)
+    return _MODEL_CACHE[key]
+
+
+def clear_cache() -> None:
+    """Drop the cached model and batch sizes (frees the model's memory)."""
+    _MODEL_CACHE.clear()
+    _BATCH_CACHE.clear()
+
+
+def _to_torch(tb: TokenBatch, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    import torch
+
+    ids = torch.from_numpy(tb.ids).to(dev, non_blocking=True)
+    lengths = torch.from_numpy(tb.lengths).to(dev, non_blocking=True)
+    values = None if tb.values is None else torch.from_numpy(tb.values).to(dev, non_blocking=True)
+    return ids, lengths, values
+
+
+def _probe_batch_size(net: FMEncoder, dev: torch.device, make_tokens, n_cells: int, hidden_layer: int | None) -> int:
+    """Largest power of two (<= CUDA_MAX_BATCH) whose forward pass on the longest cells fits."""
+    import torch
+
+    cap = min(CUDA_MAX_BATCH, 1 << max(0, int(n_cells - 1).bit_length()))
+    best, b = 0, 1
+    while b <= cap:
+        try:
+            out = net(*_to_torch(make_tokens(b), dev), hidden_layer=hidden_layer)
+            torch.cuda.synchronize(dev)
+            del out
+            best, b = b, 2 * b
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+    if best == 0:
+        raise MemoryError(f"{net.cfg.name}: one cell does not fit on {dev}.")
+    return best
+
+
+def embed_with_stats(
+    adata: Any,
+    model: str | FMConfig | FMEncoder = "geneformer-v1-10m",
+    device: str = "auto",
+    batch_size: int | None = None,
+    seed: int = 0,
+    layer: str | None = None,
+    *,
+    hidden_layer: int | None = None,
+    gene_medians: np.ndarray | None = None,
+) -> tuple[np.ndarray, EmbedStats]:
+    """:func:`embed` that also returns what was computed (tokens, batches, FLOPs).
+
+    Parameters and return value as :func:`embed`, plus an :class:`EmbedStats`.
+    """
+    import torch
+
+    from .models import FMEncoder, forward_flops
+
+    if isinstance(model, FMEncoder):
+        net, cfg = model, model.cfg
+        dev = next(net.parameters()).device
+    else:
+        cfg = get_config(model)
+        dev = resolve_device(device)
+        net = load_model(cfg, str(dev), seed)
+    X = counts_matrix(adata, layer)
+    n = X.shape[0]
+    if gene_medians is None and (cfg.tokenizer == "geneformer" or cfg.rank_order):
+        gene_medians = gene_nonzero_medians(X)
+    order = np.argsort(-expected_lengths(cfg, X), kind="stable")
+    rng = np.random.default_rng(seed)
+
+    def tokens_of(idx: np.ndarray, gen: np.random.Generator) -> TokenBatch:
+        return tokenize(cfg, X[idx], gene_medians=gene_medians, rng=gen)
+
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+                else contextlib.nullcontext())
+    with torch.inference_mode(), autocast:
+        if batch_size is None:
+            if dev.type == "cuda":
+                key = (cfg, str(dev), int(expected_lengths(cfg, X[order[:1]])[0]), min(n, CUDA_MAX_BATCH), hidden_layer)
+                if key not in _BATCH_CACHE:
+                    probe_rng = np.random.default_rng(seed + 1)
+                    _BATCH_CACHE[key] = _probe_batch_size(
+                        net, dev, lambda b: tokens_of(np.resize(order[: min(b, n)], b), probe_rng), n, hidden_layer)
+                batch_size = _BATCH_CACHE[key]
+            else:
+                batch_size = CPU_DEFAULT_BATCH if cfg.d_model <= 512 else 2
+        outs, flops, tokens, padded = [], 0.0, 0, 0
+        for a in range(0, n, batch_size):
+            tb = tokens_of(order[a:a + batch_size], rng)
+            outs.append(net(*_to_torch(tb, dev), hidden_layer=hidden_layer))
+            flops += forward_flops(cfg, tb.n_cells, tb.seq_len)
+            tokens += int(tb.lengths.sum())
+            padded += tb.n_cells * tb.seq_len
+        emb_sorted = torch.cat(outs).float().cpu().numpy()
+    emb = np.empty_like(emb_sorted)
+    emb[order] = emb_sorted
+    stats = EmbedStats(cfg.name, str(dev), n, int(batch_size), len(outs), tokens, padded, flops)
+    return emb, stats
+
+
+def embed(
+    adata: Any,
+    model: str | FMConfig | FMEncoder = "geneformer-v1-10m",
+    device: str = "auto",
+    batch_size: int | None = None,
+    seed: int = 0,
+    layer: str | None = None,
+    *,
+    hidden_layer: int | None = None,
+    gene_medians: np.ndarray | None = None,
+) -> np.ndarray:
+    """Cell embeddings from an FM-shaped encoder with random weights (tokenization included).
+
+    Inference time does not depend on the weights' values, so this gives the real time of the
+    published architecture; the embeddings themselves carry no biology.
+
+    Parameters
+    ----------
+    adata : AnnData or sparse matrix
+        Raw counts, cells x genes (CSR; float or integer).
+    model : str or FMConfig or FMEncoder
+        Registry name (:func:`gpulin.fm.list_models`), a configuration, or a built encoder.
+    device : {"auto", "cpu", "cuda"}
+        ``"auto"``: CUDA when available.
+    batch_size : int, optional
+        Cells per forward pass. Default: on CUDA the largest power of two (up to 1024) whose
+        forward pass on the longest cells fits in memory (probed once per model and input
+        length, catching out-of-memory errors); on CPU 4 (2 for models wider than 512).
+    seed : int
+        Seed of the random weights and of the tokenizers' sampling (scGPT subset, UCE).
+    layer : str, optional
+        AnnData layer with the raw counts (default ``X``), as in :func:`gpulin.embed`.
+    hidden_layer : int, optional
+        Pool the output of this transformer block instead of the last (e.g. -2).
+    gene_medians : ndarray, optional
+        Geneformer per-gene nonzero medians (a fixed dictionary in Geneformer); computed from
+        ``adata`` when omitted.
+
+    Returns
+    -------
+    ndarray of float32, shape (n_cells, d)
+        ``d`` is ``get_config(model).embedding_dim``.
+    """
+    return embed_with_stats(
+        adata, model, device, batch_size, seed, layer, hidden_layer=hidden_layer, gene_medians=gene_medians,
+    )[0]
+
+
+def count_parameters(model_name: str | FMConfig) -> dict[str, int]:
+    """Trainable and frozen parameter counts of a published configuration, without allocating.
+
+    Built on PyTorch's ``meta`` device; includes the checkpoint's training-only heads (see
+    :mod:`gpulin.fm.configs` for what is counted).
+
+    Parameters
+    ----------
+    model_name : str or FMConfig
+
+    Returns
+    -------
+    dict
+        ``{"trainable": int, "frozen": int}``.
+    """
+    from .models import count_parameters as _count
+
+    return _count(model_name)
