@@ -236,7 +236,8 @@ def embed(
     adata : AnnData or sparse matrix
         Raw counts, cells x genes (CSR; float or integer).
     model : str or FMConfig or FMEncoder
-        Registry name (:func:`gpulin.fm.list_models`), a configuration, or a built encoder.
+        Registry name (:func:`gpulin.fm.list_models`), a configuration, or a built encoder
+        (which runs where its weights are; ``device`` and ``seed`` then only affect sampling).
     device : {"auto", "cpu", "cuda"}
         ``"auto"``: CUDA when available.
     batch_size : int, optional

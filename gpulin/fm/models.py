@@ -33,8 +33,12 @@ _START_ID = 1  # TranscriptFormer [START]
 
 def _compute_dtype(device: torch.device) -> torch.dtype:
     """The dtype matmuls run in on ``device`` (the autocast dtype when autocast is on)."""
-    if torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
+    try:
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+    except (TypeError, AttributeError):  # torch < 2.4: CUDA-only autocast queries
+        if device.type == "cuda" and torch.is_autocast_enabled():
+            return torch.get_autocast_gpu_dtype()
     return torch.float32
 
 
