@@ -302,3 +302,30 @@ def test_cuda_request_without_gpu_raises():
 
     with pytest.raises(GPUUnavailableError):
         fm.embed(_atlas(2, 50), "geneformer-v1-10m", device="cuda")
+
+
+@pytest.mark.parametrize("name", ["geneformer-v2-104m", "transcriptformer-sapiens", "scgpt-human"])
+def test_extra_padding_does_not_change_embeddings(name):
+    from gpulin.fm.api import _pad_seq, _to_torch
+
+    cfg = _reduced(name)
+    net = build_model(cfg, seed=0)
+    tb = fm.tokenize(cfg, _atlas(3, 200, seed=6), rng=0)
+    with torch.inference_mode():
+        a = net(*_to_torch(tb, torch.device("cpu")))
+        padded = _pad_seq(tb, tb.seq_len + 5)  # 5 extra padding positions
+        assert padded.seq_len == tb.seq_len + 5
+        b = net(*_to_torch(padded, torch.device("cpu")))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_threaded_tokenization_gives_the_same_result(monkeypatch):
+    import gpulin.fm.api as api
+
+    cfg = _reduced("uce-33")
+    ad = _atlas(7, 200, seed=8)
+    a = fm.embed(ad, cfg, device="cpu", batch_size=2)
+    monkeypatch.setattr(api, "_tokenizer_threads", lambda dev: 3)
+    b = fm.embed(ad, cfg, device="cpu", batch_size=2)
+    np.testing.assert_array_equal(a, b)
+    fm.clear_cache()

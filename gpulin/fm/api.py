@@ -7,12 +7,17 @@ host-to-device copies, the forward passes and the copy of the embeddings back to
 construction is not part of it: the random-weight model is built once and cached
 (:func:`load_model`), as a loaded checkpoint would be. Cells are processed longest first so that
 padding to the batch maximum wastes little; the result is returned in the input order. On CUDA
-the forward pass runs under bf16 autocast; on CPU in float32.
+the forward pass runs under bf16 autocast, tokenization runs in a few threads ahead of the GPU,
+and padded lengths are rounded up to a multiple of 16; on CPU everything is float32.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
 CPU_DEFAULT_BATCH = 4
 #: Largest batch tried by the CUDA batch-size probe.
 CUDA_MAX_BATCH = 1024
+#: On CUDA, padded sequence lengths are rounded up to a multiple of this (tensor-core and
+#: attention-kernel alignment; the extra positions are masked padding).
+CUDA_SEQ_ALIGN = 16
 
 _MODEL_CACHE: dict[tuple, Any] = {}
 _BATCH_CACHE: dict[tuple, int] = {}
@@ -131,6 +139,36 @@ def _to_torch(tb: TokenBatch, dev: torch.device) -> tuple[torch.Tensor, torch.Te
     return ids, lengths, values
 
 
+def _tokenizer_threads(dev: torch.device) -> int:
+    """Threads tokenizing ahead of the forward passes (NumPy sorts release the GIL)."""
+    if dev.type != "cuda":
+        return 1
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def _prefetch(fn: Callable[[int], TokenBatch], n_items: int, threads: int) -> Iterator[TokenBatch]:
+    """``fn(0), fn(1), ...`` in order, computed by ``threads`` workers at most ``2 * threads`` ahead."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque = deque(pool.submit(fn, i) for i in range(min(n_items, 2 * threads)))
+        nxt = len(pending)
+        while pending:
+            result = pending.popleft().result()
+            if nxt < n_items:
+                pending.append(pool.submit(fn, nxt))
+                nxt += 1
+            yield result
+
+
+def _pad_seq(tb: TokenBatch, multiple: int) -> TokenBatch:
+    """Pad the sequence length to a multiple of ``multiple`` (padding ids 0, masked)."""
+    extra = -tb.seq_len % multiple
+    if extra == 0:
+        return tb
+    ids = np.pad(tb.ids, ((0, 0), (0, extra)))
+    values = None if tb.values is None else np.pad(tb.values, ((0, 0), (0, extra)))
+    return TokenBatch(ids=ids, lengths=tb.lengths, values=values)
+
+
 def _probe_batch_size(net: FMEncoder, dev: torch.device, make_tokens, n_cells: int, hidden_layer: int | None) -> int:
     """Largest power of two (<= CUDA_MAX_BATCH) whose forward pass on the longest cells fits."""
     import torch
@@ -143,7 +181,10 @@ def _probe_batch_size(net: FMEncoder, dev: torch.device, make_tokens, n_cells: i
             torch.cuda.synchronize(dev)
             del out
             best, b = b, 2 * b
-        except torch.cuda.OutOfMemoryError:
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError, or cuBLAS/cuDNN allocation failures
+            if not isinstance(exc, torch.cuda.OutOfMemoryError) and not any(
+                    s in str(exc) for s in ("out of memory", "ALLOC_FAILED")):
+                raise
             break
         finally:
             torch.cuda.empty_cache()
@@ -183,10 +224,11 @@ def embed_with_stats(
     if gene_medians is None and (cfg.tokenizer == "geneformer" or cfg.rank_order):
         gene_medians = gene_nonzero_medians(X)
     order = np.argsort(-expected_lengths(cfg, X), kind="stable")
-    rng = np.random.default_rng(seed)
+
+    align = CUDA_SEQ_ALIGN if dev.type == "cuda" else 1
 
     def tokens_of(idx: np.ndarray, gen: np.random.Generator) -> TokenBatch:
-        return tokenize(cfg, X[idx], gene_medians=gene_medians, rng=gen)
+        return _pad_seq(tokenize(cfg, X[idx], gene_medians=gene_medians, rng=gen), align)
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
                 else contextlib.nullcontext())
@@ -195,15 +237,20 @@ def embed_with_stats(
             if dev.type == "cuda":
                 key = (cfg, str(dev), int(expected_lengths(cfg, X[order[:1]])[0]), min(n, CUDA_MAX_BATCH), hidden_layer)
                 if key not in _BATCH_CACHE:
-                    probe_rng = np.random.default_rng(seed + 1)
+                    probe_rng = np.random.default_rng([seed, 1 << 30])
                     _BATCH_CACHE[key] = _probe_batch_size(
                         net, dev, lambda b: tokens_of(np.resize(order[: min(b, n)], b), probe_rng), n, hidden_layer)
                 batch_size = _BATCH_CACHE[key]
             else:
                 batch_size = CPU_DEFAULT_BATCH if cfg.d_model <= 512 else 2
+        starts = range(0, n, batch_size)
+
+        def batch_tokens(i: int) -> TokenBatch:
+            # one generator per batch: the sampling does not depend on thread timing
+            return tokens_of(order[starts[i]: starts[i] + batch_size], np.random.default_rng([seed, i]))
+
         outs, flops, tokens, padded = [], 0.0, 0, 0
-        for a in range(0, n, batch_size):
-            tb = tokens_of(order[a:a + batch_size], rng)
+        for tb in _prefetch(batch_tokens, len(starts), _tokenizer_threads(dev)):
             outs.append(net(*_to_torch(tb, dev), hidden_layer=hidden_layer))
             flops += forward_flops(cfg, tb.n_cells, tb.seq_len)
             tokens += int(tb.lengths.sum())
