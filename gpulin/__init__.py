@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from ._backend import GPUUnavailableError, cuda_available, get_backend
 from .embed import LinearEmbedding, embed
+from .models import LogisticRegression, RidgeClassifier
+from .orthologs import map_orthologs
 from .transforms import EmptyCellsWarning, lognorm_transform, sctop_transform
 
 __version__ = "0.1.0"
@@ -22,9 +24,12 @@ __all__ = [
     "EmptyCellsWarning",
     "GPUUnavailableError",
     "LinearEmbedding",
+    "LogisticRegression",
+    "RidgeClassifier",
     "cuda_available",
     "embed",
     "get_backend",
     "lognorm_transform",
+    "map_orthologs",
     "sctop_transform",
 ]

@@ -90,6 +90,56 @@ class SparsePlusRowConstant:
             self._col_stats = (s1, s2)
         return self._col_stats
 
+    def take_rows(self, rows: Any) -> "SparsePlusRowConstant":
+        """The cells ``rows`` (an index array, any order) as a new implicit matrix.
+
+        Values are copied (about the size of the selected part of ``D``); nothing dense is formed.
+        The result is re-blocked like a fresh transform.
+        """
+        from .transforms import _block_view, plan_row_blocks
+
+        xp, sparse = self.backend.xp, self.backend.sparse
+        rows = np.asarray(to_host(rows), dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"row index out of range for {self.shape[0]} cells")
+        block_of = np.searchsorted(self.row_starts, rows, side="right") - 1
+        order = np.argsort(block_of, kind="stable")
+        pieces = []
+        for b in np.unique(block_of):
+            sel = rows[order][block_of[order] == b] - int(self.row_starts[b])
+            pieces.append(self.blocks[b][xp.asarray(sel)])
+        grouped = sparse.vstack(pieces, format="csr") if len(pieces) > 1 else pieces[0]
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)
+        M = grouped[xp.asarray(inverse)] if not np.array_equal(order, np.arange(order.size)) else grouped
+        M = sparse.csr_matrix(M)
+        indptr = np.asarray(to_host(M.indptr), dtype=np.int64)
+        bounds = plan_row_blocks(indptr, self.n_genes, self.backend, None)
+        blocks = [_block_view(M, indptr, int(a), int(b), self.backend) for a, b in zip(bounds[:-1], bounds[1:])]
+        return SparsePlusRowConstant(
+            blocks=blocks, row_starts=bounds, c=self.c[xp.asarray(rows)], n_genes=self.n_genes, backend=self.backend
+        )
+
+    def dot(self, V: Any) -> Any:
+        """``S @ V = D V + c (1^T V)`` for dense V (n_genes, k); float64 (n_cells, k) on device."""
+        xp = self.backend.xp
+        V = xp.asarray(V, dtype=xp.float64)
+        colsum = V.sum(axis=0)
+        out = xp.empty((self.shape[0], V.shape[1]), dtype=xp.float64)
+        for start, stop, blk, cb in self.iter_blocks():
+            out[start:stop] = blk @ V + cb[:, None] * colsum[None, :]
+        return out
+
+    def rdot(self, U: Any) -> Any:
+        """``S.T @ U = D^T U + 1 (c^T U)`` for dense U (n_cells, k); float64 (n_genes, k)."""
+        xp = self.backend.xp
+        U = xp.asarray(U, dtype=xp.float64)
+        acc = xp.zeros((self.n_genes, U.shape[1]), dtype=xp.float64)
+        for start, stop, blk, cb in self.iter_blocks():
+            acc += blk.T @ U[start:stop]
+        acc += (self.c @ U)[None, :]
+        return acc
+
     def toarray(self) -> np.ndarray:
         """Materialize ``S`` as a dense NumPy float32 array (small inputs and tests only)."""
         out = np.empty(self.shape, dtype=np.float32)
@@ -212,41 +262,47 @@ class StandardizedOperator:
         return dense
 
     # -- products -------------------------------------------------------------------------------
+    def _blocks_for_products(self) -> Iterator[tuple[int, int, Any, Any]]:
+        """Row blocks as used by products: dense float32 tiles of ``D`` or the CSR blocks."""
+        if self.dense_tiles:
+            for start, stop, blk, cb in self._tiles():
+                yield start, stop, blk.toarray(), cb
+        else:
+            yield from self.S.iter_blocks()
+
     def matmat(self, V: Any) -> Any:
-        """``A @ V`` for V of shape (n_genes, k); returns float32 (n_cells, k) on device."""
+        """``A @ V`` for V of shape (n_genes, k); returns float32 (n_cells, k) on device.
+
+        ``D W + c (1^T W) - 1 (mu^T W)`` with ``W = V / sigma``; ``D W`` is a sparse product, or a
+        GEMM on a dense row tile of ``D`` when the matrix is dense enough for that to be faster.
+        """
         xp = self.backend.xp
         V = xp.asarray(V)
         W64 = V.astype(xp.float64) * self.inv_scale[:, None]
         W = W64.astype(xp.float32)
-        out = xp.empty((self.shape[0], V.shape[1]), dtype=xp.float32)
-        if self.dense_tiles:
-            for start, stop, blk, cb in self._tiles():
-                out[start:stop] = self.tile(blk, cb) @ V.astype(xp.float32)
-            return out
-        colsum = W64.sum(axis=0)
+        colsum = W64.sum(axis=0).astype(xp.float32)
         shift = (self.mean @ W64).astype(xp.float32)
         Wfull = W if self.genes is None else self._select @ W
-        for start, stop, blk, cb in self.S.iter_blocks():
+        out = xp.empty((self.shape[0], V.shape[1]), dtype=xp.float32)
+        for start, stop, blk, cb in self._blocks_for_products():
             res = blk @ Wfull
-            res += cb.astype(xp.float32)[:, None] * colsum.astype(xp.float32)[None, :]
+            res += cb.astype(xp.float32)[:, None] * colsum[None, :]
             res -= shift[None, :]
             out[start:stop] = res
         return out
 
     def rmatmat(self, U: Any) -> Any:
-        """``A.T @ U`` for U of shape (n_cells, k); returns float64 (n_genes, k) on device."""
+        """``A.T @ U`` for U of shape (n_cells, k); returns float64 (n_genes, k) on device.
+
+        ``(D^T U + 1 (c^T U) - mu (1^T U)) / sigma``, accumulated over row blocks in float64.
+        """
         xp = self.backend.xp
         U = xp.asarray(U)
         k = U.shape[1]
         U32 = U.astype(xp.float32)
-        if self.dense_tiles:
-            acc = xp.zeros((self.shape[1], k), dtype=xp.float64)
-            for start, stop, blk, cb in self._tiles():
-                acc += (self.tile(blk, cb).T @ U32[start:stop]).astype(xp.float64)
-            return acc
         acc = xp.zeros((self.S.n_genes, k), dtype=xp.float64)
         cu = xp.zeros(k, dtype=xp.float64)
-        for start, stop, blk, cb in self.S.iter_blocks():
+        for start, stop, blk, cb in self._blocks_for_products():
             Ub = U32[start:stop]
             acc += (blk.T @ Ub).astype(xp.float64)
             cu += cb @ Ub.astype(xp.float64)

@@ -1,0 +1,259 @@
+"""Cell-type classifiers: the published preset (scTOP -> ANOVA -> standardize -> whitened PCA ->
+balanced logistic regression) and the scTOP basis projection, both on CPU or GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._backend import to_host
+from .embed import _matrix_and_genes, align_genes, resolve_device
+from .implicit import GeneScaling, SparsePlusRowConstant, StandardizedOperator
+from .models import LogisticRegression, RidgeClassifier
+from .pca import pca
+from .selection import f_classif, select_k_best
+from .transforms import METHODS, transform_implicit
+
+UNASSIGNED = "unassigned"
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # pipeline.md section 2: Souza & Mehta (2026).
+    "souza-mehta-2026": dict(
+        method="sctop", n_genes=20_000, scale=True, n_components=220, whiten=True,
+        model="logistic", C=1.0, alpha=1.0, class_weight="balanced", max_iter=1000,
+    ),
+    # A faster linear baseline from the same parts.
+    "lognorm-ridge": dict(
+        method="lognorm", n_genes=None, scale=True, n_components=100, whiten=True,
+        model="ridge", C=1.0, alpha=1.0, class_weight="balanced", max_iter=1000,
+    ),
+}
+
+
+def labels_of(adata: Any, label_key: str) -> np.ndarray:
+    """``adata.obs[label_key]`` as an array, with clear errors for a missing key or labels."""
+    if label_key not in adata.obs:
+        raise KeyError(f"Label column {label_key!r} not in adata.obs; columns: {list(adata.obs.columns)}.")
+    y = adata.obs[label_key]
+    if y.isna().any():
+        raise ValueError(f"{int(y.isna().sum())} cells have no label in adata.obs[{label_key!r}].")
+    return np.asarray(y.astype(str))
+
+
+class CellTypeClassifier:
+    """Linear cell-type classifier over an implicit (never densified) transformed matrix.
+
+    Parameters
+    ----------
+    preset : {"souza-mehta-2026", "lognorm-ridge"}
+        Defaults for every step; any step can be overridden by the keyword of the same name.
+    device : {"cpu", "cuda", "auto"}
+    method : {"sctop", "lognorm"}
+        Per-cell transform (computed over all genes of the training matrix).
+    n_genes : int or None
+        ANOVA F-test selection of the top ``min(n_genes, G)`` genes (None: all genes).
+    scale, n_components, whiten
+        Standardization and PCA (``n_components`` is capped by the data's shape).
+    model : {"logistic", "ridge"}
+    C, alpha, class_weight, max_iter
+        Logistic (C) or ridge (alpha) parameters.
+    unassigned_threshold : float, optional
+        Default for :meth:`predict`: cells whose top probability is below it are "unassigned".
+    """
+
+    def __init__(self, preset: str = "souza-mehta-2026", *, device: str = "auto", **overrides: Any) -> None:
+        if preset not in PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; expected one of {list(PRESETS)}.")
+        params = dict(PRESETS[preset])
+        extra = {"seed": 0, "batch_size": None, "solver": "auto", "unassigned_threshold": None, "min_gene_overlap": 0.5}
+        unknown = set(overrides) - set(params) - set(extra)
+        if unknown:
+            raise TypeError(f"Unknown parameter(s) {sorted(unknown)} for CellTypeClassifier.")
+        params.update(extra)
+        params.update(overrides)
+        if params["method"] not in METHODS:
+            raise ValueError(f"Unknown method {params['method']!r}; expected one of {METHODS}.")
+        if params["model"] not in ("logistic", "ridge"):
+            raise ValueError(f"Unknown model {params['model']!r}; expected 'logistic' or 'ridge'.")
+        self.preset = preset
+        self.device = device
+        self.params = params
+
+    # -- public API ------------------------------------------------------------------------------
+    def fit(self, adata: Any, label_key: str, *, layer: str | None = None) -> "CellTypeClassifier":
+        """Fit on the cells of ``adata`` labelled by ``adata.obs[label_key]``."""
+        y = labels_of(adata, label_key)
+        X, genes = _matrix_and_genes(adata, layer)
+        self.backend_ = resolve_device(self.device, X)
+        S = self._transform(X)
+        self.var_names_ = np.asarray(genes).astype(str)
+        return self.fit_transformed(S, y)
+
+    def predict_proba(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
+        """Class probabilities (n_cells, n_classes); for ridge, a softmax of the decision values."""
+        return self.predict_proba_transformed(self._query(adata, layer))
+
+    def predict(self, adata: Any, *, layer: str | None = None, unassigned_threshold: float | None = None) -> np.ndarray:
+        """Predicted labels; cells below ``unassigned_threshold`` (top probability) are "unassigned"."""
+        return self._labels(self.predict_proba(adata, layer=layer), unassigned_threshold)
+
+    def novelty_score(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
+        """1 - top class probability: higher for cells unlike any training type."""
+        return 1.0 - self.predict_proba(adata, layer=layer).max(axis=1)
+
+    def score(self, adata: Any, label_key: str, *, layer: str | None = None) -> float:
+        """Accuracy on ``adata`` against ``adata.obs[label_key]``."""
+        return float(np.mean(self.predict(adata, layer=layer) == labels_of(adata, label_key)))
+
+    # -- implicit-level API (used by gpulin.evaluate to transform once per dataset) ------------------
+    def _transform(self, X: Any) -> SparsePlusRowConstant:
+        return transform_implicit(X, self.params["method"], device=self.backend_, batch_size=self.params["batch_size"])
+
+    def fit_transformed(self, S: SparsePlusRowConstant, y: Any) -> "CellTypeClassifier":
+        """Fit from an already transformed training matrix ``S`` and labels ``y``."""
+        p = self.params
+        self.backend_ = S.backend
+        y = np.asarray(y)
+        classes, codes = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"Training needs at least 2 cell types, got {len(classes)}: {classes.tolist()}.")
+        n, G = S.shape
+        if p["n_genes"] is not None and p["n_genes"] < G:
+            F, _ = f_classif(S, codes)
+            genes = select_k_best(F, p["n_genes"])
+        else:
+            genes = None
+        self.genes_ = genes
+        self.scaling_ = GeneScaling.fit(S, scale=p["scale"])
+        op = StandardizedOperator(S, self.scaling_, genes)
+        k = int(min(p["n_components"], n - 1, op.shape[1]))
+        res = pca(op, k, solver=p["solver"], seed=p["seed"])
+        self.components_ = res.components
+        self.explained_variance_ = res.explained_variance
+        Z = self._whiten(res.scores)
+        if p["model"] == "logistic":
+            model = LogisticRegression(C=p["C"], class_weight=p["class_weight"], max_iter=p["max_iter"], device=self.backend_)
+        else:
+            model = RidgeClassifier(alpha=p["alpha"], class_weight=p["class_weight"], device=self.backend_)
+        model.fit(Z, y)
+        self.model_ = model
+        self.classes_ = model.classes_
+        self.n_genes_in_ = G
+        return self
+
+    def embed_transformed(self, S: SparsePlusRowConstant) -> Any:
+        """Whitened PCA scores (device array) of transformed cells ``S`` over the training genes."""
+        op = StandardizedOperator(S, self.scaling_, self.genes_)
+        xp = S.backend.xp
+        return self._whiten(op.matmat(xp.asarray(self.components_.T.astype(np.float32))))
+
+    def predict_proba_transformed(self, S: SparsePlusRowConstant) -> np.ndarray:
+        Z = self.embed_transformed(S)
+        if self.params["model"] == "logistic":
+            return np.asarray(self.model_.predict_proba(Z))
+        d = np.asarray(self.model_.decision_function(Z))
+        if d.ndim == 1:
+            d = np.stack([-d, d], axis=1)
+        e = np.exp(d - d.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict_transformed(self, S: SparsePlusRowConstant, unassigned_threshold: float | None = None) -> np.ndarray:
+        return self._labels(self.predict_proba_transformed(S), unassigned_threshold)
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _whiten(self, scores: Any) -> Any:
+        if not self.params["whiten"]:
+            return scores
+        xp = self.backend_.xp
+        ev = np.where(self.explained_variance_ > 0, self.explained_variance_, 1.0)
+        return scores / xp.asarray(np.sqrt(ev).astype(np.float32))[None, :]
+
+    def _labels(self, proba: np.ndarray, threshold: float | None) -> np.ndarray:
+        threshold = self.params["unassigned_threshold"] if threshold is None else threshold
+        labels = np.asarray(self.classes_, dtype=object)[proba.argmax(axis=1)]
+        if threshold is not None:
+            labels = labels.copy()
+            labels[proba.max(axis=1) < threshold] = UNASSIGNED
+        return labels
+
+    def _query(self, adata: Any, layer: str | None) -> SparsePlusRowConstant:
+        if not hasattr(self, "model_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("This CellTypeClassifier is not fitted yet; call fit() first.")
+        X, genes = _matrix_and_genes(adata, layer)
+        if genes is not None and not (len(genes) == len(self.var_names_) and np.array_equal(np.asarray(genes).astype(str), self.var_names_)):
+            X = align_genes(X, np.asarray(genes).astype(str), self.var_names_, self.backend_, min_overlap=self.params["min_gene_overlap"])
+        elif genes is None and X.shape[1] != self.n_genes_in_:
+            raise ValueError(f"The query has {X.shape[1]} genes but the model was trained on {self.n_genes_in_}.")
+        return self._transform(X)
+
+
+class ScTOPProjection:
+    """scTOP basis projection (pipeline.md section 3): order parameters on reference type centroids.
+
+    Basis column for type t: the mean library-normalized profile of the reference cells of type
+    t, scTOP-transformed. A query cell ``s`` (scTOP over the genes shared with the basis) gets
+    order parameters ``a = (B^T B)^-1 B^T s``; it is predicted ``argmax a`` or "unassigned" when
+    ``max a < unassigned_threshold``.
+    """
+
+    def __init__(self, unassigned_threshold: float | None = 0.1, *, device: str = "auto") -> None:
+        self.unassigned_threshold = unassigned_threshold
+        self.device = device
+
+    def fit(self, adata: Any, label_key: str, *, layer: str | None = None) -> "ScTOPProjection":
+        y = labels_of(adata, label_key)
+        X, genes = _matrix_and_genes(adata, layer)
+        backend = resolve_device(self.device, X)
+        self.backend_ = backend
+        from ._validation import as_csr, check_counts
+
+        csr = as_csr(X, backend)
+        check_counts(csr, backend, method="sctop")
+        xp = backend.xp
+        classes, codes = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"A basis needs at least 2 cell types, got {len(classes)}: {classes.tolist()}.")
+        lib = xp.asarray(np.asarray(to_host(csr.sum(axis=1))).ravel())
+        lib = xp.where(lib > 0, lib, 1.0)
+        inv = backend.sparse.diags(1.0 / lib)
+        onehot = np.zeros((len(classes), len(y)))
+        onehot[codes, np.arange(len(y))] = 1.0 / np.bincount(codes)[codes]
+        profiles = backend.sparse.csr_matrix(xp.asarray(onehot)) @ (inv @ csr.astype(xp.float64))
+        profiles = backend.sparse.csr_matrix(profiles)
+        S = transform_implicit(profiles, "sctop", device=backend, check=False)
+        self.basis_ = pd.DataFrame(S.toarray().T.astype(np.float64), index=np.asarray(genes).astype(str) if genes is not None else None, columns=classes)
+        self.classes_ = classes
+        return self
+
+    def order_parameters(self, adata: Any, *, layer: str | None = None) -> pd.DataFrame:
+        """Order parameters (n_cells x n_types) of the query cells, over the shared genes."""
+        X, genes = _matrix_and_genes(adata, layer)
+        genes = np.asarray(genes).astype(str)
+        shared = [g for g in self.basis_.index if g in set(genes)]
+        if not shared:
+            raise ValueError("The query shares no genes with the basis (check identifiers / orthologs).")
+        B = self.basis_.loc[shared].to_numpy()
+        Xs = align_genes(X, genes, np.asarray(shared), self.backend_)
+        S = transform_implicit(Xs, "sctop", device=self.backend_)
+        xp = self.backend_.xp
+        BtB_inv = np.linalg.inv(B.T @ B)
+        a = np.asarray(to_host(S.dot(xp.asarray(B)))) @ BtB_inv
+        index = adata.obs_names if hasattr(adata, "obs_names") else None
+        return pd.DataFrame(a, index=index, columns=self.classes_)
+
+    def predict(self, adata: Any, *, layer: str | None = None, unassigned_threshold: float | None = -np.inf) -> np.ndarray:
+        a = self.order_parameters(adata, layer=layer).to_numpy()
+        thr = self.unassigned_threshold if unassigned_threshold == -np.inf else unassigned_threshold
+        labels = np.asarray(self.classes_, dtype=object)[a.argmax(axis=1)]
+        if thr is not None:
+            labels[a.max(axis=1) < thr] = UNASSIGNED
+        return labels
+
+    def novelty_score(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
+        """Negative top order parameter: higher for cells unlike every basis type."""
+        return -self.order_parameters(adata, layer=layer).to_numpy().max(axis=1)

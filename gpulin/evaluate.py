@@ -1,0 +1,258 @@
+"""Evaluation harness reproducing the published protocols (pipeline.md sections 2-4).
+
+Protocols
+---------
+split5    5 stratified 80/20 shuffle splits (random_state 0..4), types with >= ``min_cells`` cells.
+kfold     stratified k-fold (shuffle, seed 42), e.g. disease state with k = 10.
+group     leave one group (donor / sample) out.
+transfer  fit on ``adata``, predict ``query`` (optionally through a 1:1 ortholog table), scored on
+          the labels both share; ``model="projection"`` uses the scTOP basis projection.
+novel     leave each type with >= ``min_cells`` cells out of training in turn; AUROC of the
+          novelty score for that type's cells against the others.
+
+The transform is per cell, so it is computed once per dataset and rows are taken per split; gene
+selection, standardization, PCA and the classifier are fitted on the training cells only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from .classifier import UNASSIGNED, CellTypeClassifier, ScTOPProjection, labels_of
+from .embed import _matrix_and_genes, resolve_device
+from .transforms import transform_implicit
+
+PROTOCOLS = ("split5", "kfold", "group", "transfer", "novel")
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, classes: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro F1 / precision / recall, balanced accuracy and macro one-vs-rest AUROC.
+
+    Macro averages run over the union of true and predicted labels (scikit-learn's default).
+    """
+    from sklearn import metrics
+
+    out = {
+        "accuracy": metrics.accuracy_score(y_true, y_pred),
+        "macro_f1": metrics.f1_score(y_true, y_pred, average="macro", zero_division=0),
+        "macro_precision": metrics.precision_score(y_true, y_pred, average="macro", zero_division=0),
+        "macro_recall": metrics.recall_score(y_true, y_pred, average="macro", zero_division=0),
+        "balanced_accuracy": metrics.balanced_accuracy_score(y_true, y_pred),
+    }
+    auroc = np.nan
+    if proba is not None:
+        present = [i for i, c in enumerate(classes) if np.any(y_true == c)]
+        if len(present) >= 2:
+            scores = []
+            for i in present:
+                t = y_true == classes[i]
+                if 0 < t.sum() < len(t):
+                    scores.append(metrics.roc_auc_score(t, proba[:, i]))
+            auroc = float(np.mean(scores)) if scores else np.nan
+    out["macro_auroc"] = auroc
+    return {k: float(v) for k, v in out.items()}
+
+
+def _keep_types(y: np.ndarray, min_cells: int) -> np.ndarray:
+    vals, counts = np.unique(y, return_counts=True)
+    return np.isin(y, vals[counts >= min_cells])
+
+
+def _splits(protocol: str, y: np.ndarray, groups: np.ndarray | None, n_splits: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold, StratifiedShuffleSplit
+
+    idx = np.zeros(len(y))
+    if protocol == "split5":
+        for seed in range(n_splits):
+            tr, te = next(StratifiedShuffleSplit(1, test_size=0.2, random_state=seed).split(idx, y))
+            yield f"seed{seed}", tr, te
+    elif protocol == "kfold":
+        for i, (tr, te) in enumerate(StratifiedKFold(n_splits, shuffle=True, random_state=42).split(idx, y)):
+            yield f"fold{i}", tr, te
+    elif protocol == "group":
+        if groups is None:
+            raise ValueError("protocol='group' needs group_key (e.g. the donor column).")
+        for tr, te in LeaveOneGroupOut().split(idx, y, groups):
+            yield f"group={groups[te[0]]}", tr, te
+
+
+def _progress(it, total: int, desc: str, show: bool):
+    if not show:
+        return it
+    try:
+        from tqdm.auto import tqdm
+
+        return tqdm(it, total=total, desc=desc)
+    except ImportError:
+        return it
+
+
+def evaluate(
+    adata: Any,
+    label_key: str,
+    protocol: str = "split5",
+    *,
+    query: Any = None,
+    query_label_key: str | None = None,
+    orthologs: pd.DataFrame | str | None = None,
+    ortholog_cols: tuple[str, str] | None = None,
+    model: str = "pipeline",
+    preset: str = "souza-mehta-2026",
+    device: str = "auto",
+    min_cells: int = 100,
+    n_splits: int | None = None,
+    group_key: str | None = None,
+    progress: bool = True,
+    **classifier_params: Any,
+) -> pd.DataFrame:
+    """Run a protocol and return a tidy table: one row per split (or held-out type) with metrics.
+
+    Parameters
+    ----------
+    adata : AnnData
+        Raw counts and labels in ``obs[label_key]`` (the training side for ``transfer``).
+    protocol : {"split5", "kfold", "group", "transfer", "novel"}
+    query, query_label_key : AnnData, str
+        ``transfer`` only: the query and its label column (default ``label_key``).
+    orthologs, ortholog_cols : DataFrame or CSV path, (query_col, reference_col)
+        ``transfer`` across species: query genes are renamed to reference genes through the 1:1
+        table and both sides keep the shared genes only.
+    model : {"pipeline", "projection"}
+        The preset classifier or the scTOP basis projection.
+    min_cells : int
+        Keep cell types with at least this many cells (training side).
+    n_splits : int, optional
+        split5: 5; kfold: 10.
+    classifier_params
+        Overrides for :class:`~gpulin.classifier.CellTypeClassifier`.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown protocol {protocol!r}; expected one of {PROTOCOLS}.")
+    if model not in ("pipeline", "projection"):
+        raise ValueError(f"Unknown model {model!r}; expected 'pipeline' or 'projection'.")
+    y_all = labels_of(adata, label_key)
+    keep = _keep_types(y_all, min_cells)
+    if protocol == "transfer":
+        return _transfer(adata[keep], label_key, query, query_label_key or label_key, orthologs, ortholog_cols,
+                         model, preset, device, min_cells, classifier_params)
+    ad_k = adata[keep]
+    y = y_all[keep]
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"Fewer than 2 cell types have >= {min_cells} cells in obs[{label_key!r}].")
+    X, _ = _matrix_and_genes(ad_k, None)
+    backend = resolve_device(device, X)
+    t0 = time.perf_counter()
+    S = transform_implicit(X, "sctop" if model == "projection" else classifier_params.get("method", "sctop"), device=backend)
+    t_transform = time.perf_counter() - t0
+    rows = []
+    if protocol == "novel":
+        types = [t for t in np.unique(y)]
+        for t in _progress(types, len(types), "novel types", progress):
+            t1 = time.perf_counter()
+            tr = np.flatnonzero(y != t)
+            clf = CellTypeClassifier(preset, device=backend, **classifier_params).fit_transformed(S.take_rows(tr), y[tr])
+            novelty = 1.0 - clf.predict_proba_transformed(S).max(axis=1)
+            from sklearn.metrics import roc_auc_score
+
+            rows.append({"split": f"novel={t}", "held_out_type": t, "n_held_out": int((y == t).sum()),
+                         "novelty_auroc": float(roc_auc_score(y == t, novelty)),
+                         "seconds": time.perf_counter() - t1})
+        return pd.DataFrame(rows).assign(protocol=protocol, transform_seconds=t_transform)
+    groups = labels_of(ad_k, group_key) if group_key else None
+    n_splits = n_splits or (5 if protocol == "split5" else 10)
+    splits = list(_splits(protocol, y, groups, n_splits))
+    for name, tr, te in _progress(splits, len(splits), protocol, progress):
+        t1 = time.perf_counter()
+        clf = CellTypeClassifier(preset, device=backend, **classifier_params).fit_transformed(S.take_rows(tr), y[tr])
+        proba = clf.predict_proba_transformed(S.take_rows(te))
+        pred = clf._labels(proba, None)
+        rows.append({"split": name, "n_train": len(tr), "n_test": len(te),
+                     **classification_metrics(y[te], pred, proba, clf.classes_),
+                     "seconds": time.perf_counter() - t1})
+    return pd.DataFrame(rows).assign(protocol=protocol, transform_seconds=t_transform)
+
+
+def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, model, preset, device, min_cells, params) -> pd.DataFrame:
+    from .orthologs import map_orthologs
+
+    if query is None:
+        raise ValueError("protocol='transfer' needs query=AnnData.")
+    yq_all = labels_of(query, query_label_key)
+    query = query[_keep_types(yq_all, min_cells)]
+    if orthologs is not None:
+        if ortholog_cols is None:
+            raise ValueError("ortholog_cols=(query_column, reference_column) is required with orthologs.")
+        query = map_orthologs(query, orthologs, ortholog_cols[0], ortholog_cols[1])
+    shared = ref.var_names.intersection(query.var_names)
+    if len(shared) == 0:
+        raise ValueError("Reference and query share no genes (use orthologs= for another species).")
+    ref, query = ref[:, shared], query[:, shared]
+    t1 = time.perf_counter()
+    if model == "projection":
+        clf = ScTOPProjection(device=device).fit(ref, label_key)
+        a = clf.order_parameters(query).to_numpy()
+        pred = clf.predict(query)
+        e = np.exp(a - a.max(axis=1, keepdims=True))
+        proba = e / e.sum(axis=1, keepdims=True)
+    else:
+        clf = CellTypeClassifier(preset, device=device, **params).fit(ref, label_key)
+        proba = clf.predict_proba(query)
+        pred = clf._labels(proba, None)
+    yq = labels_of(query, query_label_key)
+    on_shared = np.isin(yq, clf.classes_)
+    if not on_shared.any():
+        raise ValueError("Reference and query share no cell-type labels.")
+    row = {"split": "transfer", "model": model, "n_shared_genes": len(shared), "n_test": int(on_shared.sum()),
+           "shared_types": int(len(np.intersect1d(clf.classes_, yq))),
+           **classification_metrics(yq[on_shared], pred[on_shared], proba[on_shared], np.asarray(clf.classes_)),
+           "seconds": time.perf_counter() - t1}
+    return pd.DataFrame([row]).assign(protocol="transfer")
+
+
+def summarize(table: pd.DataFrame) -> pd.Series:
+    """Mean of the numeric metric columns over splits."""
+    return table.select_dtypes("number").mean()
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+def add_cli(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="run a classification protocol on an h5ad file")
+    p.add_argument("data", help="h5ad with raw counts (training side for transfer)")
+    p.add_argument("--label", required=True)
+    p.add_argument("--protocol", default="split5", choices=PROTOCOLS)
+    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--model", default="pipeline", choices=["pipeline", "projection"])
+    p.add_argument("--min-cells", type=int, default=100)
+    p.add_argument("--n-splits", type=int, default=None)
+    p.add_argument("--group", default=None)
+    p.add_argument("--query", default=None)
+    p.add_argument("--orthologs", default=None, help="CSV of 1:1 orthologs")
+    p.add_argument("--ortholog-cols", nargs=2, default=None, metavar=("QUERY_COL", "REF_COL"))
+    p.add_argument("--out", default=None, help="CSV or JSON path for the tidy table")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    import anndata as ad
+
+    adata = ad.read_h5ad(args.data)
+    query = ad.read_h5ad(args.query) if args.query else None
+    table = evaluate(adata, args.label, args.protocol, query=query, orthologs=args.orthologs,
+                     ortholog_cols=tuple(args.ortholog_cols) if args.ortholog_cols else None, model=args.model,
+                     device=args.device, min_cells=args.min_cells, n_splits=args.n_splits, group_key=args.group)
+    print(table.to_string(index=False))
+    print("\nmean:\n" + summarize(table).to_string())
+    if args.out:
+        out = Path(args.out)
+        table.to_json(out, orient="records", indent=1) if out.suffix == ".json" else table.to_csv(out, index=False)
+        print(f"wrote {out}")
+    return 0
+
+
+__all__ = ["PROTOCOLS", "classification_metrics", "evaluate", "summarize"]
