@@ -234,7 +234,8 @@ class ScTOPProjection:
         """Order parameters (n_cells x n_types) of the query cells, over the shared genes."""
         X, genes = _matrix_and_genes(adata, layer)
         genes = np.asarray(genes).astype(str)
-        shared = [g for g in self.basis_.index if g in set(genes)]
+        query_genes = set(genes)
+        shared = [g for g in self.basis_.index if g in query_genes]
         if not shared:
             raise ValueError("The query shares no genes with the basis (check identifiers / orthologs).")
         B = self.basis_.loc[shared].to_numpy()

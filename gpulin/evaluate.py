@@ -34,7 +34,8 @@ PROTOCOLS = ("split5", "kfold", "group", "transfer", "novel")
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, classes: np.ndarray) -> dict[str, float]:
     """Accuracy, macro F1 / precision / recall, balanced accuracy and macro one-vs-rest AUROC.
 
-    Macro averages run over the union of true and predicted labels (scikit-learn's default).
+    Macro averages run over the union of true and predicted labels (scikit-learn's default, as
+    in the published protocol): predicting a type absent from the query adds a zero-F1 class.
     """
     from sklearn import metrics
 
@@ -183,8 +184,8 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
 
     if query is None:
         raise ValueError("protocol='transfer' needs query=AnnData.")
-    yq_all = labels_of(query, query_label_key)
-    query = query[_keep_types(yq_all, min_cells)]
+    # As published: every query cell whose type the reference knows is scored (min_cells applies to
+    # the reference's training types only).
     if orthologs is not None:
         if ortholog_cols is None:
             raise ValueError("ortholog_cols=(query_column, reference_column) is required with orthologs.")
@@ -197,7 +198,7 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
     if model == "projection":
         clf = ScTOPProjection(device=device).fit(ref, label_key)
         a = clf.order_parameters(query).to_numpy()
-        pred = clf.predict(query)
+        pred = clf.predict(query, unassigned_threshold=None)  # argmax, as published
         e = np.exp(a - a.max(axis=1, keepdims=True))
         proba = e / e.sum(axis=1, keepdims=True)
     else:

@@ -1,0 +1,132 @@
+"""ANOVA selection, the preset classifier, scTOP projection and the evaluation harness."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+import gpulin
+from gpulin.classifier import CellTypeClassifier, ScTOPProjection
+from gpulin.evaluate import evaluate
+from gpulin.selection import f_classif, select_k_best
+
+from conftest import shared_file
+
+
+def labelled(n=400, g=300, rank=4, seed=0) -> ad.AnnData:
+    rng = np.random.default_rng(seed)
+    programs = rng.gamma(0.3, 1.0, size=(rank, g))
+    labels = rng.integers(0, rank, size=n)
+    mu = programs[labels] + 0.05 * programs.mean()
+    mu *= 0.5 * g / mu.sum(axis=1, keepdims=True)
+    X = sp.csr_matrix(rng.poisson(mu).astype(np.float32))
+    obs = pd.DataFrame({"type": [f"t{l}" for l in labels]}, index=[f"c{i}" for i in range(n)])
+    return ad.AnnData(X, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(g)]))
+
+
+def test_f_classif_matches_sklearn_on_the_materialized_matrix():
+    from sklearn.feature_selection import f_classif as sk_f
+
+    a = labelled()
+    S = gpulin.sctop_transform(a.X, batch_size=64)
+    rows = np.random.default_rng(0).permutation(a.n_obs)[:300]
+    codes = pd.Categorical(a.obs["type"]).codes
+    F, p = f_classif(S.take_rows(rows), codes[rows])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Fr, pr = sk_f(S.toarray()[rows].astype(np.float64), codes[rows])
+    np.testing.assert_allclose(F, Fr, rtol=1e-4)
+    np.testing.assert_allclose(p, pr, rtol=1e-3, atol=1e-300)
+
+
+def test_select_k_best_puts_nan_last():
+    F = np.array([3.0, np.nan, 5.0, 1.0])
+    assert select_k_best(F, 2).tolist() == [0, 2]
+    assert select_k_best(F, 10).tolist() == [0, 1, 2, 3]
+
+
+def test_classifier_fits_predicts_and_aligns_genes():
+    a = labelled(seed=1)
+    train, test = a[:300].copy(), a[300:].copy()
+    clf = CellTypeClassifier(device="cpu", n_genes=200, n_components=20).fit(train, "type")
+    assert len(clf.genes_) == 200 and clf.components_.shape == (20, 200)
+    acc = clf.score(test, "type")
+    assert acc > 0.95
+    perm = np.random.default_rng(0).permutation(test.n_vars)
+    np.testing.assert_array_equal(clf.predict(test[:, perm].copy()), clf.predict(test))
+    proba = clf.predict_proba(test)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    pred = clf.predict(test, unassigned_threshold=0.999999)
+    assert "unassigned" in set(pred)
+    nov = clf.novelty_score(test)
+    assert nov.shape == (100,) and np.all((nov >= 0) & (nov <= 1))
+    ridge = CellTypeClassifier("lognorm-ridge", device="cpu", n_components=20).fit(train, "type")
+    assert ridge.score(test, "type") > 0.9
+
+
+def test_classifier_bad_input():
+    a = labelled(n=120)
+    with pytest.raises(KeyError, match="'celltype' not in adata.obs"):
+        CellTypeClassifier(device="cpu").fit(a, "celltype")
+    one = a.copy()
+    one.obs["type"] = "same"
+    with pytest.raises(ValueError, match="at least 2 cell types, got 1"):
+        CellTypeClassifier(device="cpu", n_components=5).fit(one, "type")
+    missing = a.copy()
+    missing.obs.loc[missing.obs_names[0], "type"] = np.nan
+    with pytest.raises(ValueError, match="1 cells have no label"):
+        CellTypeClassifier(device="cpu").fit(missing, "type")
+    clf = CellTypeClassifier(device="cpu", n_components=5).fit(a, "type")
+    other = a.copy()
+    other.var_names = [f"x{i}" for i in range(a.n_vars)]
+    with pytest.raises(ValueError, match="Only 0 of the 300 reference genes"):
+        clf.predict(other)
+    with pytest.raises(ValueError, match="Unknown preset"):
+        CellTypeClassifier("foo")
+    with pytest.raises(TypeError, match="Unknown parameter"):
+        CellTypeClassifier(n_comps=3)
+
+
+def test_projection_recovers_types():
+    a = labelled(seed=2)
+    proj = ScTOPProjection(device="cpu").fit(a[:300], "type")
+    assert proj.basis_.shape == (300, 4)
+    op = proj.order_parameters(a[300:])
+    assert op.shape == (100, 4)
+    assert np.mean(proj.predict(a[300:]) == a.obs["type"].to_numpy()[300:]) > 0.95
+
+
+def test_evaluate_novel_and_errors():
+    a = labelled(seed=3)
+    with threadpool_limits(1):
+        table = evaluate(a, "type", "novel", device="cpu", min_cells=50, n_components=10, progress=False)
+    assert len(table) == 4 and table["novelty_auroc"].between(0, 1).all()
+    with pytest.raises(ValueError, match="Unknown protocol"):
+        evaluate(a, "type", "loo")
+    with pytest.raises(ValueError, match="needs query"):
+        evaluate(a, "type", "transfer")
+
+
+@pytest.mark.slow
+def test_kang_cell_type_matches_reference():
+    kang = ad.read_h5ad(shared_file("kang_ifnb_muscat/kang_muscat_counts.h5ad"))
+    with threadpool_limits(1):
+        table = evaluate(kang, "cluster_id", "split5", device="cpu", min_cells=100, progress=False)
+    assert abs(table["macro_f1"].mean() - 0.922) <= 0.01
+
+
+@pytest.mark.slow
+def test_baron_transfer_projection_matches_reference():
+    h = ad.read_h5ad(shared_file("baron_pancreas/baron_human.h5ad"))
+    m = ad.read_h5ad(shared_file("baron_pancreas/baron_mouse.h5ad"))
+    orth = shared_file("baron_pancreas/orthologs_1to1_human2mouse.csv")
+    t = evaluate(h, "cell_type1", "transfer", query=m, orthologs=orth, ortholog_cols=("gene.name", "human.gene.name"),
+                 model="projection", min_cells=20, device="cpu")
+    assert t["n_shared_genes"].iloc[0] == 11674
+    assert abs(t["macro_f1"].iloc[0] - 0.564) <= 0.01 and abs(t["accuracy"].iloc[0] - 0.686) <= 0.01
