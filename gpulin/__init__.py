@@ -13,6 +13,7 @@ sctop_transform, lognorm_transform
 from __future__ import annotations
 
 from ._backend import GPUUnavailableError, cuda_available, get_backend
+from .classifier import CellTypeClassifier, ScTOPProjection
 from .embed import LinearEmbedding, embed
 from .models import LogisticRegression, RidgeClassifier
 from .orthologs import map_orthologs
@@ -21,6 +22,8 @@ from .transforms import EmptyCellsWarning, lognorm_transform, sctop_transform
 __version__ = "0.1.0"
 
 __all__ = [
+    "CellTypeClassifier",
+    "ScTOPProjection",
     "EmptyCellsWarning",
     "GPUUnavailableError",
     "LinearEmbedding",
