@@ -67,7 +67,7 @@ def run_gpulin(kind, kw, device, orth):
         t = evaluate(kw["adata"], kw["key"], kw["protocol"], device=device, min_cells=kw["min_cells"], progress=False)
     else:
         t = evaluate(kw["ref"], "cell_type1", "transfer", query=kw["query"], orthologs=orth,
-                     ortholog_cols=kw["cols"], model=kw["model"], device=device, min_cells=20)
+                     ortholog_cols=kw["cols"], approach=kw["model"], device=device, min_cells=20)
     return float(t["macro_f1"].mean()), float(t["accuracy"].mean())
 
 

@@ -6,7 +6,7 @@ split5    5 stratified 80/20 shuffle splits (random_state 0..4), types with >= `
 kfold     stratified k-fold (shuffle, seed 42), e.g. disease state with k = 10.
 group     leave one group (donor / sample) out.
 transfer  fit on ``adata``, predict ``query`` (optionally through a 1:1 ortholog table), scored on
-          the labels both share; ``model="projection"`` uses the scTOP basis projection.
+          the labels both share; ``approach="projection"`` uses the scTOP basis projection.
 novel     leave each type with >= ``min_cells`` cells out of training in turn; AUROC of the
           novelty score for that type's cells against the others.
 
@@ -103,7 +103,7 @@ def evaluate(
     query_label_key: str | None = None,
     orthologs: pd.DataFrame | str | None = None,
     ortholog_cols: tuple[str, str] | None = None,
-    model: str = "pipeline",
+    approach: str = "pipeline",
     preset: str = "souza-mehta-2026",
     device: str = "auto",
     min_cells: int = 100,
@@ -124,7 +124,7 @@ def evaluate(
     orthologs, ortholog_cols : DataFrame or CSV path, (query_col, reference_col)
         ``transfer`` across species: query genes are renamed to reference genes through the 1:1
         table and both sides keep the shared genes only.
-    model : {"pipeline", "projection"}
+    approach : {"pipeline", "projection"}
         The preset classifier or the scTOP basis projection.
     min_cells : int
         Keep cell types with at least this many cells (training side).
@@ -135,13 +135,13 @@ def evaluate(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"Unknown protocol {protocol!r}; expected one of {PROTOCOLS}.")
-    if model not in ("pipeline", "projection"):
-        raise ValueError(f"Unknown model {model!r}; expected 'pipeline' or 'projection'.")
+    if approach not in ("pipeline", "projection"):
+        raise ValueError(f"Unknown approach {approach!r}; expected 'pipeline' or 'projection'.")
     y_all = labels_of(adata, label_key)
     keep = _keep_types(y_all, min_cells)
     if protocol == "transfer":
         return _transfer(adata[keep], label_key, query, query_label_key or label_key, orthologs, ortholog_cols,
-                         model, preset, device, min_cells, classifier_params)
+                         approach, preset, device, min_cells, classifier_params)
     ad_k = adata[keep]
     y = y_all[keep]
     if len(np.unique(y)) < 2:
@@ -149,7 +149,7 @@ def evaluate(
     X, _ = _matrix_and_genes(ad_k, None)
     backend = resolve_device(device, X)
     t0 = time.perf_counter()
-    S = transform_implicit(X, "sctop" if model == "projection" else classifier_params.get("method", "sctop"), device=backend)
+    S = transform_implicit(X, "sctop" if approach == "projection" else classifier_params.get("method", "sctop"), device=backend)
     t_transform = time.perf_counter() - t0
     rows = []
     if protocol == "novel":
@@ -179,7 +179,7 @@ def evaluate(
     return pd.DataFrame(rows).assign(protocol=protocol, transform_seconds=t_transform)
 
 
-def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, model, preset, device, min_cells, params) -> pd.DataFrame:
+def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, approach, preset, device, min_cells, params) -> pd.DataFrame:
     from .orthologs import map_orthologs
 
     if query is None:
@@ -195,7 +195,7 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
         raise ValueError("Reference and query share no genes (use orthologs= for another species).")
     ref, query = ref[:, shared], query[:, shared]
     t1 = time.perf_counter()
-    if model == "projection":
+    if approach == "projection":
         clf = ScTOPProjection(device=device).fit(ref, label_key)
         a = clf.order_parameters(query).to_numpy()
         pred = clf.predict(query, unassigned_threshold=None)  # argmax, as published
@@ -209,7 +209,7 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
     on_shared = np.isin(yq, clf.classes_)
     if not on_shared.any():
         raise ValueError("Reference and query share no cell-type labels.")
-    row = {"split": "transfer", "model": model, "n_shared_genes": len(shared), "n_test": int(on_shared.sum()),
+    row = {"split": "transfer", "approach": approach, "n_shared_genes": len(shared), "n_test": int(on_shared.sum()),
            "shared_types": int(len(np.intersect1d(clf.classes_, yq))),
            **classification_metrics(yq[on_shared], pred[on_shared], proba[on_shared], np.asarray(clf.classes_)),
            "seconds": time.perf_counter() - t1}
@@ -228,7 +228,7 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--label", required=True)
     p.add_argument("--protocol", default="split5", choices=PROTOCOLS)
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--model", default="pipeline", choices=["pipeline", "projection"])
+    p.add_argument("--approach", default="pipeline", choices=["pipeline", "projection"])
     p.add_argument("--min-cells", type=int, default=100)
     p.add_argument("--n-splits", type=int, default=None)
     p.add_argument("--group", default=None)
@@ -245,7 +245,7 @@ def _cli(args: argparse.Namespace) -> int:
     adata = ad.read_h5ad(args.data)
     query = ad.read_h5ad(args.query) if args.query else None
     table = evaluate(adata, args.label, args.protocol, query=query, orthologs=args.orthologs,
-                     ortholog_cols=tuple(args.ortholog_cols) if args.ortholog_cols else None, model=args.model,
+                     ortholog_cols=tuple(args.ortholog_cols) if args.ortholog_cols else None, approach=args.approach,
                      device=args.device, min_cells=args.min_cells, n_splits=args.n_splits, group_key=args.group)
     print(table.to_string(index=False))
     print("\nmean:\n" + summarize(table).to_string())

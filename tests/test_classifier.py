@@ -127,6 +127,6 @@ def test_baron_transfer_projection_matches_reference():
     m = ad.read_h5ad(shared_file("baron_pancreas/baron_mouse.h5ad"))
     orth = shared_file("baron_pancreas/orthologs_1to1_human2mouse.csv")
     t = evaluate(h, "cell_type1", "transfer", query=m, orthologs=orth, ortholog_cols=("gene.name", "human.gene.name"),
-                 model="projection", min_cells=20, device="cpu")
+                 approach="projection", min_cells=20, device="cpu")
     assert t["n_shared_genes"].iloc[0] == 11674
     assert abs(t["macro_f1"].iloc[0] - 0.564) <= 0.01 and abs(t["accuracy"].iloc[0] - 0.686) <= 0.01
