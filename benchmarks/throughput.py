@@ -1,0 +1,187 @@
+"""Throughput sweep: cells/s and per-stage time of ``gpulin.embed`` vs cell count, with peers.
+
+On CPU (default sizes 10k-100k cells x 20k genes): gpulin ``sctop`` and ``lognorm`` (50
+components), scanpy (normalize_total + log1p + pca) in the same run. On CUDA (100k-3M):
+gpulin with the counts on the device, ``torch.pca_lowrank`` on a sparse CUDA tensor of the
+log-normalized matrix, ``cupyx.scipy.sparse.linalg.svds``, and rapids-singlecell when importable.
+The scaling exponent of time vs nonzeros is fitted per tool (least squares on log-log).
+
+Usage::
+
+    python benchmarks/throughput.py --device cpu [--quick] [--sizes 10000 20000 50000]
+    python benchmarks/throughput.py --device cuda --sizes 100000 300000 1000000 3000000
+
+Writes ``benchmarks/results/throughput_<device>.json`` and a log-log PNG of cells/s vs cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+
+def _timed(fn, sync, repeats):
+    times = []
+    for i in range(repeats + 1):  # first call is a warm-up
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--sizes", type=int, nargs="*", default=None)
+    ap.add_argument("--n-genes", type=int, default=20_000)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--skip-peers", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    import gpulin
+    from gpulin.datasets import synthetic_atlas
+
+    sizes = args.sizes or ([5_000, 10_000] if args.quick else
+                           [10_000, 20_000, 50_000, 100_000] if args.device == "cpu" else
+                           [100_000, 300_000, 1_000_000, 3_000_000])
+    backend = gpulin.get_backend(args.device)
+    sync = backend.synchronize
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        def tqdm(x, **_):
+            return x
+    rows = []
+    for n in tqdm(sizes, desc="cells"):
+        adata = synthetic_atlas(n_cells=n, n_genes=args.n_genes, seed=0)
+        nnz = int(adata.X.nnz)
+        if backend.is_gpu:
+            import cupyx.scipy.sparse as cusp
+
+            adata.X = cusp.csr_matrix(adata.X)
+        entry = {"n_cells": n, "nnz": nnz, "tools": {}}
+        for method in ("sctop", "lognorm"):
+            stages = {}
+
+            def run(method=method):
+                gpulin.embed(adata, device=args.device, method=method, n_components=50, scale=method == "sctop")
+                stages.update(adata.uns["X_gpulin"]["timings"])
+
+            s = _timed(run, sync, args.repeats)
+            entry["tools"][f"gpulin_{method}"] = {"seconds": s, "cells_per_s": n / s, "stages": dict(stages)}
+        if not args.skip_peers and not backend.is_gpu:
+            try:
+                import anndata as ad
+                import scanpy as sc
+
+                def run_scanpy():
+                    b = ad.AnnData(adata.X.copy())
+                    sc.pp.normalize_total(b, target_sum=1e4)
+                    sc.pp.log1p(b)
+                    sc.pp.pca(b, n_comps=50, random_state=0)
+
+                s = _timed(run_scanpy, sync, args.repeats)
+                entry["tools"]["scanpy"] = {"seconds": s, "cells_per_s": n / s}
+            except ImportError:
+                pass
+        if not args.skip_peers and backend.is_gpu:
+            entry["tools"].update(_gpu_peers(adata, sync, args.repeats))
+        rows.append(entry)
+        print(json.dumps({t: round(v["cells_per_s"]) for t, v in entry["tools"].items()}), flush=True)
+    fits = {}
+    for tool in rows[0]["tools"]:
+        pts = [(r["nnz"], r["tools"][tool]["seconds"]) for r in rows if tool in r["tools"]]
+        if len(pts) >= 2:
+            x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+            fits[tool] = float(np.polyfit(x, y, 1)[0])
+    out = {"benchmark": "throughput.py", "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
+           "date": _dt.datetime.now().isoformat(timespec="seconds"), "device": args.device,
+           "machine": platform.platform(), "rows": rows, "time_vs_nnz_exponent": fits}
+    path = Path(args.out or HERE / "results" / f"throughput_{args.device}{'_quick' if args.quick else ''}.json")
+    path.write_text(json.dumps(out, indent=1))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for tool in rows[0]["tools"]:
+            pts = [(r["n_cells"], r["tools"][tool]["cells_per_s"]) for r in rows if tool in r["tools"]]
+            ax.plot(*zip(*pts), marker="o", label=f"{tool} (t ~ nnz^{fits.get(tool, float('nan')):.2f})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("cells")
+        ax.set_ylabel("cells / s")
+        ax.set_title(f"embedding throughput, {args.n_genes:,} genes ({args.device})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path.with_suffix(".png"), dpi=120)
+    except ImportError:
+        pass
+    print(f"wrote {path}; exponents {fits}")
+
+
+def _gpu_peers(adata, sync, repeats) -> dict:
+    """torch.pca_lowrank on a sparse CUDA tensor, cupyx svds, rapids-singlecell (if present)."""
+    import cupy as cp
+
+    import gpulin
+
+    out = {}
+    n = adata.n_obs
+    L = gpulin.lognorm_transform(adata.X, device="cuda")
+    X = L.blocks[0] if len(L.blocks) == 1 else None
+    if X is None:
+        return out
+    try:
+        import torch
+
+        t = torch.sparse_csr_tensor(torch.as_tensor(X.indptr.astype(cp.int64), device="cuda"),
+                                    torch.as_tensor(X.indices.astype(cp.int64), device="cuda"),
+                                    torch.as_tensor(X.data, device="cuda"), size=X.shape)
+        s = _timed(lambda: torch.pca_lowrank(t, q=50, center=True), torch.cuda.synchronize, repeats)
+        out["torch_pca_lowrank"] = {"seconds": s, "cells_per_s": n / s, "note": "lognorm given; PCA only"}
+    except Exception as exc:  # pragma: no cover - depends on the GPU stack
+        out["torch_pca_lowrank"] = {"error": str(exc)[:200], "seconds": float("nan"), "cells_per_s": float("nan")}
+    try:
+        from cupyx.scipy.sparse.linalg import svds
+
+        s = _timed(lambda: svds(X, k=50), sync, repeats)
+        out["cupyx_svds"] = {"seconds": s, "cells_per_s": n / s, "note": "lognorm given; uncentred"}
+    except Exception as exc:  # pragma: no cover
+        out["cupyx_svds"] = {"error": str(exc)[:200], "seconds": float("nan"), "cells_per_s": float("nan")}
+    try:
+        import anndata as ad
+        import rapids_singlecell as rsc
+
+        def run():
+            b = ad.AnnData(adata.X.copy())
+            rsc.pp.normalize_total(b, target_sum=1e4)
+            rsc.pp.log1p(b)
+            rsc.pp.pca(b, n_comps=50)
+
+        s = _timed(run, sync, repeats)
+        out["rapids_singlecell"] = {"seconds": s, "cells_per_s": n / s}
+    except ImportError:
+        pass
+    return out
+
+
+if __name__ == "__main__":
+    main()
