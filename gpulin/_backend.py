@@ -150,6 +150,14 @@ def backend_of(a: Any) -> Backend:
     return get_backend("cuda") if is_gpu_array(a) else CPU
 
 
+def resolve_backend(device: str | Backend, X: Any) -> Backend:
+    """The backend to compute on: ``device``; for ``"auto"`` the GPU when ``X`` already lives there,
+    otherwise CUDA when available (``get_backend("auto")``)."""
+    if isinstance(device, str) and device.lower() == "auto" and is_gpu_array(X):
+        return backend_of(X)
+    return get_backend(device)
+
+
 def to_host(a: Any) -> Any:
     """Copy a CuPy array or cupyx sparse matrix to NumPy / SciPy; other inputs pass through."""
     if is_gpu_array(a):

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from ._backend import to_host
-from .embed import _matrix_and_genes, align_genes, resolve_device
+from ._backend import resolve_backend
+from .embed import _matrix_and_genes, align_genes
 from .implicit import GeneScaling, SparsePlusRowConstant, StandardizedOperator
 from .models import LogisticRegression, RidgeClassifier
 from .pca import pca
@@ -93,7 +94,7 @@ class CellTypeClassifier:
         """Fit on the cells of ``adata`` labelled by ``adata.obs[label_key]``."""
         y = labels_of(adata, label_key)
         X, genes = _matrix_and_genes(adata, layer)
-        self.backend_ = resolve_device(self.device, X)
+        self.backend_ = resolve_backend(self.device, X)
         S = self._transform(X)
         self.var_names_ = np.asarray(genes).astype(str)
         return self.fit_transformed(S, y)
@@ -214,7 +215,7 @@ class ScTOPProjection:
     def fit(self, adata: Any, label_key: str, *, layer: str | None = None) -> "ScTOPProjection":
         y = labels_of(adata, label_key)
         X, genes = _matrix_and_genes(adata, layer)
-        backend = resolve_device(self.device, X)
+        backend = resolve_backend(self.device, X)
         self.backend_ = backend
         from ._validation import as_csr, check_counts
 

@@ -8,18 +8,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from ._backend import Backend, backend_of, get_backend, is_gpu_array, out_of_memory_errors, to_host
+from ._backend import Backend, out_of_memory_errors, resolve_backend, to_host
 from ._validation import as_csr, check_batch_size, check_n_components
 from .implicit import GeneScaling, StandardizedOperator
 from .pca import PCAResult, pca
 from .transforms import METHODS, transform_implicit
-
-
-def resolve_device(device: str | Backend, X: Any) -> Backend:
-    """``auto`` follows the data: GPU-resident input runs on CUDA, otherwise CUDA if available."""
-    if isinstance(device, str) and device == "auto" and is_gpu_array(X):
-        return backend_of(X)
-    return get_backend(device)
 
 
 def get_matrix(adata: Any, layer: str | None) -> Any:
@@ -148,7 +141,7 @@ class LinearEmbedding:
     def _fit(self, adata: Any, *, layer: str | None) -> Any:
         self._check_params()
         X, var_names = _matrix_and_genes(adata, layer)
-        backend = resolve_device(self.device, X)
+        backend = resolve_backend(self.device, X)
         timer = _Timer(backend)
         n, G = X.shape
         k = check_n_components(self.n_components, n, G)
@@ -204,7 +197,7 @@ class LinearEmbedding:
 
             raise NotFittedError("This LinearEmbedding is not fitted yet; call fit() first.")
         X, var_names = _matrix_and_genes(adata, layer)
-        backend = resolve_device(self.device, X)
+        backend = resolve_backend(self.device, X)
         xp = backend.xp
         X = self._align(X, var_names, backend)
         S = self._transform_counts(X, backend)

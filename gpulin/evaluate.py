@@ -24,8 +24,9 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from .classifier import UNASSIGNED, CellTypeClassifier, ScTOPProjection, labels_of
-from .embed import _matrix_and_genes, resolve_device
+from .classifier import CellTypeClassifier, ScTOPProjection, labels_of
+from ._backend import resolve_backend
+from .embed import _matrix_and_genes
 from .transforms import transform_implicit
 
 PROTOCOLS = ("split5", "kfold", "group", "transfer", "novel")
@@ -147,7 +148,7 @@ def evaluate(
     if len(np.unique(y)) < 2:
         raise ValueError(f"Fewer than 2 cell types have >= {min_cells} cells in obs[{label_key!r}].")
     X, _ = _matrix_and_genes(ad_k, None)
-    backend = resolve_device(device, X)
+    backend = resolve_backend(device, X)
     t0 = time.perf_counter()
     S = transform_implicit(X, "sctop" if approach == "projection" else classifier_params.get("method", "sctop"), device=backend)
     t_transform = time.perf_counter() - t0

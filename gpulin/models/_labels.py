@@ -14,7 +14,7 @@ import scipy.sparse
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
-from .._backend import Backend, backend_of, get_backend, is_gpu_array, to_host
+from .._backend import Backend, backend_of, is_gpu_array, resolve_backend, to_host
 
 __all__ = [
     "encode_labels",
@@ -212,16 +212,6 @@ def class_weight_vector(
             raise ValueError("class_weight values must be finite and non-negative.")
         return weights
     raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {type(class_weight).__name__}.")
-
-
-def resolve_backend(device: str | Backend, X: Any) -> Backend:
-    """The backend to compute on: ``device``, or for ``"auto"`` the GPU when ``X`` is already there.
-
-    ``"auto"`` with host data picks CUDA when available (``get_backend("auto")``).
-    """
-    if isinstance(device, str) and device.lower() == "auto":
-        return backend_of(X) if is_gpu_array(X) else get_backend("auto")
-    return get_backend(device)
 
 
 def check_X(X: Any, backend: Backend, *, name: str = "X") -> Any:
