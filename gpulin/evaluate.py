@@ -12,6 +12,11 @@ novel     leave each type with >= ``min_cells`` cells out of training in turn; A
 
 The transform is per cell, so it is computed once per dataset and rows are taken per split; gene
 selection, standardization, PCA and the classifier are fitted on the training cells only.
+
+Besides the tidy per-split table, classification protocols pool the test predictions of all splits
+into a per-class report (``table.attrs["per_class"]``) and a confusion matrix
+(``table.attrs["confusion"]``, rows = true label, columns = predicted); ``out_dir=`` writes them as
+``metrics.csv``, ``metrics.json``, ``per_class.csv``, ``confusion.csv`` and ``confusion.png``.
 """
 
 from __future__ import annotations
@@ -59,6 +64,95 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, proba: np.nda
             auroc = float(np.mean(scores)) if scores else np.nan
     out["macro_auroc"] = auroc
     return {k: float(v) for k, v in out.items()}
+
+
+def per_class_report(y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
+    """Precision, recall, F1 and support per label (union of true and predicted labels).
+
+    Returns
+    -------
+    DataFrame indexed by label with columns ``precision``, ``recall``, ``f1``, ``support`` (number of
+    true cells) and ``n_predicted``.
+    """
+    from sklearn import metrics
+
+    labels = np.union1d(np.unique(y_true), np.unique(y_pred))
+    p, r, f, support = metrics.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    n_pred = np.array([(y_pred == lab).sum() for lab in labels])
+    return pd.DataFrame({"precision": p, "recall": r, "f1": f, "support": support, "n_predicted": n_pred},
+                        index=pd.Index(labels, name="label"))
+
+
+def confusion_table(y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
+    """Confusion counts, rows = true label, columns = predicted label (union of both label sets)."""
+    from sklearn.metrics import confusion_matrix
+
+    labels = np.union1d(np.unique(y_true), np.unique(y_pred))
+    return pd.DataFrame(confusion_matrix(y_true, y_pred, labels=labels),
+                        index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
+
+
+def plot_confusion(confusion: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix heat map (fraction of each true type), counts annotated.
+
+    Needs matplotlib (``pip install 'gpulin[plot]'``).
+    """
+    try:
+        import matplotlib
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("plot_confusion needs matplotlib: pip install 'gpulin[plot]'") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = confusion.to_numpy()
+    frac = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(confusion)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * n + 2.5), max(3.5, 0.45 * n + 1.8)))
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(counts.shape[1]), [str(c) for c in confusion.columns], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), [str(c) for c in confusion.index], fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        for i in range(n):
+            for j in range(counts.shape[1]):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if frac[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true type")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def _with_pooled(table: pd.DataFrame, y_true: list[np.ndarray], y_pred: list[np.ndarray]) -> pd.DataFrame:
+    yt, yp = np.concatenate(y_true), np.concatenate(y_pred)
+    table.attrs["per_class"] = per_class_report(yt, yp)
+    table.attrs["confusion"] = confusion_table(yt, yp)
+    return table
+
+
+def write_report(table: pd.DataFrame, out_dir: str | Path, title: str = "") -> list[Path]:
+    """Write the tidy table (CSV and JSON) and, when present, the per-class report and confusion matrix."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "metrics.csv", out / "metrics.json"]
+    table.to_csv(written[0], index=False)
+    table.to_json(written[1], orient="records", indent=1)
+    if "per_class" in table.attrs:
+        written.append(out / "per_class.csv")
+        table.attrs["per_class"].to_csv(written[-1])
+    if "confusion" in table.attrs:
+        written.append(out / "confusion.csv")
+        table.attrs["confusion"].to_csv(written[-1])
+        try:
+            written.append(plot_confusion(table.attrs["confusion"], out / "confusion.png", title))
+        except ImportError:
+            pass
+    return written
 
 
 def _keep_types(y: np.ndarray, min_cells: int) -> np.ndarray:
@@ -111,6 +205,7 @@ def evaluate(
     n_splits: int | None = None,
     group_key: str | None = None,
     progress: bool = True,
+    out_dir: str | Path | None = None,
     **classifier_params: Any,
 ) -> pd.DataFrame:
     """Run a protocol and return a tidy table: one row per split (or held-out type) with metrics.
@@ -131,9 +226,33 @@ def evaluate(
         Keep cell types with at least this many cells (training side).
     n_splits : int, optional
         split5: 5; kfold: 10.
+    group_key : str, optional
+        ``group`` only: the obs column whose values are left out one at a time (e.g. donor).
+    progress : bool
+        Show a progress bar over splits (needs tqdm).
+    out_dir : str or Path, optional
+        Write ``metrics.csv``/``.json``, ``per_class.csv``, ``confusion.csv`` and ``confusion.png``
+        (the last needs matplotlib) there.
     classifier_params
         Overrides for :class:`~gpulin.classifier.CellTypeClassifier`.
+
+    Returns
+    -------
+    DataFrame
+        One row per split with ``accuracy``, ``macro_f1``, ``macro_precision``, ``macro_recall``,
+        ``balanced_accuracy``, ``macro_auroc`` and ``seconds`` (``novelty_auroc`` for ``novel``).
+        For classification protocols, ``attrs["per_class"]`` and ``attrs["confusion"]`` hold the
+        report and confusion matrix pooled over all test cells of all splits.
     """
+    table = _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ortholog_cols, approach,
+                      preset, device, min_cells, n_splits, group_key, progress, classifier_params)
+    if out_dir is not None:
+        write_report(table, out_dir, title=f"{protocol} {label_key} ({approach})")
+    return table
+
+
+def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ortholog_cols, approach, preset,
+              device, min_cells, n_splits, group_key, progress, classifier_params) -> pd.DataFrame:
     if protocol not in PROTOCOLS:
         raise ValueError(f"Unknown protocol {protocol!r}; expected one of {PROTOCOLS}.")
     if approach not in ("pipeline", "projection"):
@@ -169,15 +288,21 @@ def evaluate(
     groups = labels_of(ad_k, group_key) if group_key else None
     n_splits = n_splits or (5 if protocol == "split5" else 10)
     splits = list(_splits(protocol, y, groups, n_splits))
+    if protocol == "group" and len(splits) < 2:
+        raise ValueError(f"protocol='group' needs at least 2 distinct values in obs[{group_key!r}].")
+    pooled_true, pooled_pred = [], []
     for name, tr, te in _progress(splits, len(splits), protocol, progress):
         t1 = time.perf_counter()
         clf = CellTypeClassifier(preset, device=backend, **classifier_params).fit_transformed(S.take_rows(tr), y[tr])
         proba = clf.predict_proba_transformed(S.take_rows(te))
         pred = clf._labels(proba, None)
+        pooled_true.append(y[te])
+        pooled_pred.append(pred)
         rows.append({"split": name, "n_train": len(tr), "n_test": len(te),
                      **classification_metrics(y[te], pred, proba, clf.classes_),
                      "seconds": time.perf_counter() - t1})
-    return pd.DataFrame(rows).assign(protocol=protocol, transform_seconds=t_transform)
+    table = pd.DataFrame(rows).assign(protocol=protocol, transform_seconds=t_transform)
+    return _with_pooled(table, pooled_true, pooled_pred)
 
 
 def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, approach, preset, device, min_cells, params) -> pd.DataFrame:
@@ -214,7 +339,7 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
            "shared_types": int(len(np.intersect1d(clf.classes_, yq))),
            **classification_metrics(yq[on_shared], pred[on_shared], proba[on_shared], np.asarray(clf.classes_)),
            "seconds": time.perf_counter() - t1}
-    return pd.DataFrame([row]).assign(protocol="transfer")
+    return _with_pooled(pd.DataFrame([row]).assign(protocol="transfer"), [yq[on_shared]], [pred[on_shared]])
 
 
 def summarize(table: pd.DataFrame) -> pd.Series:
@@ -237,6 +362,8 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--orthologs", default=None, help="CSV of 1:1 orthologs")
     p.add_argument("--ortholog-cols", nargs=2, default=None, metavar=("QUERY_COL", "REF_COL"))
     p.add_argument("--out", default=None, help="CSV or JSON path for the tidy table")
+    p.add_argument("--out-dir", default=None,
+                   help="folder for metrics.csv/.json, per_class.csv, confusion.csv and confusion.png")
     p.set_defaults(func=_cli)
 
 
@@ -247,9 +374,14 @@ def _cli(args: argparse.Namespace) -> int:
     query = ad.read_h5ad(args.query) if args.query else None
     table = evaluate(adata, args.label, args.protocol, query=query, orthologs=args.orthologs,
                      ortholog_cols=tuple(args.ortholog_cols) if args.ortholog_cols else None, approach=args.approach,
-                     device=args.device, min_cells=args.min_cells, n_splits=args.n_splits, group_key=args.group)
+                     device=args.device, min_cells=args.min_cells, n_splits=args.n_splits, group_key=args.group,
+                     out_dir=args.out_dir)
     print(table.to_string(index=False))
     print("\nmean:\n" + summarize(table).to_string())
+    if "per_class" in table.attrs:
+        print("\nper class (pooled over splits):\n" + table.attrs["per_class"].round(3).to_string())
+    if args.out_dir:
+        print(f"wrote {args.out_dir}/metrics.csv, per_class.csv, confusion.csv, confusion.png")
     if args.out:
         out = Path(args.out)
         table.to_json(out, orient="records", indent=1) if out.suffix == ".json" else table.to_csv(out, index=False)
@@ -257,4 +389,5 @@ def _cli(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["PROTOCOLS", "classification_metrics", "evaluate", "summarize"]
+__all__ = ["PROTOCOLS", "classification_metrics", "confusion_table", "evaluate", "per_class_report", "plot_confusion",
+           "summarize", "write_report"]

@@ -113,6 +113,41 @@ def test_evaluate_novel_and_errors():
         evaluate(a, "type", "transfer")
 
 
+def test_evaluate_writes_per_class_report_and_confusion(tmp_path):
+    pytest.importorskip("matplotlib")
+    a = labelled(seed=4)
+    with threadpool_limits(1):
+        table = evaluate(a, "type", "split5", device="cpu", min_cells=50, n_components=10, progress=False,
+                         n_splits=2, out_dir=tmp_path)
+    conf, per_class = table.attrs["confusion"], table.attrs["per_class"]
+    # Pooled over both splits: every test cell counted once per split, rows = true labels.
+    assert conf.to_numpy().sum() == table["n_test"].sum()
+    assert list(conf.index) == list(per_class.index) == sorted(a.obs["type"].unique())
+    assert (per_class["support"].to_numpy() == conf.to_numpy().sum(axis=1)).all()
+    assert (per_class["n_predicted"].to_numpy() == conf.to_numpy().sum(axis=0)).all()
+    acc = np.trace(conf.to_numpy()) / conf.to_numpy().sum()
+    assert acc == pytest.approx(np.average(table["accuracy"], weights=table["n_test"]))
+    for name in ("metrics.csv", "metrics.json", "per_class.csv", "confusion.csv", "confusion.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert pd.read_csv(tmp_path / "metrics.csv")["macro_f1"].tolist() == pytest.approx(table["macro_f1"].tolist())
+
+
+def test_evaluate_group_protocol_leaves_each_donor_out():
+    h = ad.read_h5ad(shared_file("baron_pancreas/baron_human.h5ad"))
+    with threadpool_limits(1):
+        table = evaluate(h, "cell_type1", "group", group_key="donor", device="cpu", min_cells=20,
+                         n_components=30, progress=False)
+    donors = sorted(h.obs["donor"].astype(str).unique())
+    assert sorted(s.split("=", 1)[1] for s in table["split"]) == donors
+    counts = h.obs["cell_type1"].value_counts()
+    kept = h.obs["cell_type1"].isin(counts.index[counts >= 20])
+    assert table["n_test"].sum() == kept.sum()
+    # Across donors the pancreas types stay easy to tell apart.
+    assert table["accuracy"].min() > 0.9
+    with pytest.raises(ValueError, match="needs group_key"):
+        evaluate(h, "cell_type1", "group", device="cpu", min_cells=20)
+
+
 @pytest.mark.slow
 def test_kang_cell_type_matches_reference():
     kang = ad.read_h5ad(shared_file("kang_ifnb_muscat/kang_muscat_counts.h5ad"))
