@@ -16,7 +16,7 @@ import scipy.linalg
 
 from ._backend import to_host
 
-Solver = Literal["auto", "randomized", "gram"]
+Solver = Literal["auto", "randomized", "gram", "sklearn"]
 
 
 @dataclass
@@ -35,7 +35,13 @@ class PCAResult:
         ``singular_values**2 / (n_cells - 1)``.
     explained_variance_ratio : numpy.ndarray, shape (k,)
     solver : str
-        ``"randomized"`` or ``"gram"``.
+        ``"randomized"``, ``"gram"`` or ``"sklearn"``.
+
+    Notes
+    -----
+    With ``solver="sklearn"`` the scores are the in-subspace scores ``U * S`` that scikit-learn's
+    ``PCA.fit_transform`` returns (for the other solvers they are ``A @ components.T``, as
+    ``transform`` gives), and ``singular_values`` are the Ritz values, as scikit-learn reports.
     """
 
     scores: Any
@@ -129,14 +135,21 @@ def pca(
         Linear operator with ``shape``, ``matmat``, ``rmatmat``, ``gram``, ``total_variance``.
     n_components : int
         Number of components k (1 <= k <= min(shape)).
-    solver : {"auto", "randomized", "gram"}
+    solver : {"auto", "randomized", "gram", "sklearn"}
         ``"gram"`` accumulates ``A.T @ A`` (genes x genes, float64) and calls ``eigh``: exact,
         for few genes. ``"randomized"``: subspace iteration with ``n_iter`` power iterations,
         each followed by CholeskyQR2 re-orthonormalization (Halko et al. 2011, alg. 4.4).
+        ``"sklearn"``: the subspace that ``sklearn.decomposition.PCA(svd_solver="randomized",
+        random_state=seed)`` computes (same Gaussian draw from ``np.random.RandomState(seed)`` on
+        the same side, same oversampling and iteration count, same final projection), up to
+        float32 rounding: reproduces published pipelines that used scikit-learn, trailing
+        components included.
     n_oversamples : int, optional
-        Extra random directions; default ``max(10, k // 5)``.
+        Extra random directions; default ``max(10, k // 5)`` (10 for ``"sklearn"``).
     n_iter : int, optional
-        Power iterations; default 4 (7 when k > 10% of the smaller dimension, as scikit-learn).
+        Power iterations; default 4, or 7 when k > 10% of the smaller dimension (the spectrum is
+        flat there). ``"sklearn"`` uses scikit-learn's rule: 7 when k < 10% of the smaller
+        dimension, else 4.
     seed : int
         Seed of the Gaussian test matrix (drawn on the host, so CPU and GPU start alike).
 
@@ -147,6 +160,9 @@ def pca(
     xp = op.backend.xp
     n, G = op.shape
     k = int(n_components)
+    if solver == "sklearn":
+        return _pca_sklearn(op, k, n_oversamples=10 if n_oversamples is None else n_oversamples,
+                            n_iter=(7 if k < 0.1 * min(n, G) else 4) if n_iter is None else n_iter, seed=seed)
     if n_oversamples is None:
         n_oversamples = max(10, k // 5)
     if n_iter is None:
@@ -154,7 +170,7 @@ def pca(
     if solver == "auto":
         solver = choose_solver(n, G, k, n_oversamples, n_iter)
     if solver not in ("randomized", "gram"):
-        raise ValueError(f"Unknown solver {solver!r}; expected 'auto', 'randomized' or 'gram'.")
+        raise ValueError(f"Unknown solver {solver!r}; expected 'auto', 'randomized', 'gram' or 'sklearn'.")
     if solver == "randomized" and k + n_oversamples >= min(n, G) and min(n, G) <= GRAM_MAX_SIDE:
         solver = "gram"
     total_var = op.total_variance()
@@ -218,3 +234,57 @@ def pca(
         n_iter=used_iter,
         n_oversamples=int(n_oversamples),
     )
+
+
+def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int) -> PCAResult:
+    """scikit-learn's ``randomized_svd`` (as ``PCA(svd_solver="randomized")`` calls it) on ``op``.
+
+    scikit-learn sketches ``M = A`` when ``n >= G`` and ``M = A.T`` otherwise (``transpose="auto"``),
+    drawing ``Omega ~ N(0, 1)`` of shape ``(M.shape[1], l)`` from ``RandomState(seed)``; it then
+    applies ``n_iter`` rounds of ``M @``, ``M.T @`` (LU-normalized), orthonormalizes ``M @ Q`` and
+    takes the SVD of ``Q.T @ M``. LU and CholeskyQR2 normalizations span the same column spaces,
+    so the subspaces agree up to rounding.
+    """
+    xp = op.backend.xp
+    n, G = op.shape
+    l = min(k + n_oversamples, n, G)
+    transpose = n < G
+    rng = np.random.RandomState(seed)
+    omega = xp.asarray(rng.normal(size=(n if transpose else G, l)).astype(np.float32))
+    # forward = M @ . ; backward = M.T @ .
+    if transpose:
+        forward = lambda Q: op.rmatmat(Q).astype(xp.float32)  # noqa: E731
+        backward = op.matmat
+    else:
+        forward = op.matmat
+        backward = lambda Q: op.rmatmat(Q).astype(xp.float32)  # noqa: E731
+    Q = omega
+    for _ in range(n_iter):
+        Q = orthonormalize(forward(Q), xp)
+        Q = orthonormalize(backward(Q), xp)
+    Q = orthonormalize(forward(Q), xp)
+    if transpose:
+        # Q spans genes; C = A Q = (Q^T M)^T, so SVD(B) = Uh s Vt gives C = Vt^T s Uh^T.
+        C = op.matmat(Q)
+        evals, Uh = np.linalg.eigh(_gram64(C, xp))
+        evals, Uh = evals[::-1][:k], Uh[:, ::-1][:, :k]
+        sv = np.sqrt(np.maximum(evals, 0.0))
+        components = np.asarray(to_host(Q.astype(xp.float64) @ xp.asarray(Uh))).T.copy()
+        scores = C @ xp.asarray(Uh.astype(np.float32))
+    else:
+        # Q spans cells; Bt = A^T Q = B^T, B = Uh s Vt.
+        Bt = op.rmatmat(Q)
+        evals, Uh = np.linalg.eigh(np.asarray(to_host(Bt.T @ Bt)))
+        evals, Uh = evals[::-1][:k], Uh[:, ::-1][:, :k]
+        sv = np.sqrt(np.maximum(evals, 0.0))
+        safe = np.where(sv > 0, sv, 1.0)
+        components = np.asarray(to_host(Bt @ xp.asarray(Uh / safe))).T.copy()
+        scores = Q @ xp.asarray((Uh * sv).astype(np.float32))
+    signs = _flip_signs(components)
+    components *= signs[:, None]
+    scores = scores * xp.asarray(signs.astype(np.float32))
+    explained_variance = sv**2 / max(n - 1, 1)
+    total_var = op.total_variance()
+    ratio = explained_variance / total_var if total_var > 0 else np.zeros_like(explained_variance)
+    return PCAResult(scores=scores, components=components, singular_values=sv, explained_variance=explained_variance,
+                     explained_variance_ratio=ratio, solver="sklearn", n_iter=n_iter, n_oversamples=int(n_oversamples))

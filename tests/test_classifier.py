@@ -165,3 +165,19 @@ def test_baron_transfer_projection_matches_reference():
                  approach="projection", min_cells=20, device="cpu")
     assert t["n_shared_genes"].iloc[0] == 11674
     assert abs(t["macro_f1"].iloc[0] - 0.564) <= 0.01 and abs(t["accuracy"].iloc[0] - 0.686) <= 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("direction, cols, f1", [
+    ("human_to_mouse", ("gene.name", "human.gene.name"), 0.662),
+    ("mouse_to_human", ("human.gene.name", "gene.name"), 0.763),
+])
+def test_baron_transfer_pipeline_matches_reference(direction, cols, f1):
+    """The published preset (scikit-learn's randomized PCA subspace included) gives the published F1."""
+    h = ad.read_h5ad(shared_file("baron_pancreas/baron_human.h5ad"))
+    m = ad.read_h5ad(shared_file("baron_pancreas/baron_mouse.h5ad"))
+    ref, query = (h, m) if direction == "human_to_mouse" else (m, h)
+    orth = shared_file("baron_pancreas/orthologs_1to1_human2mouse.csv")
+    t = evaluate(ref, "cell_type1", "transfer", query=query, orthologs=orth, ortholog_cols=cols, min_cells=20,
+                 device="cpu")
+    assert abs(t["macro_f1"].iloc[0] - f1) <= 0.01

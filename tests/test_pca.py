@@ -110,3 +110,25 @@ def test_orthonormalize_rank_deficient_falls_back_to_qr():
     np.testing.assert_allclose(Qw.T @ Qw, np.eye(12), atol=1e-5)
     # Same span.
     np.testing.assert_allclose(Qw @ (Qw.T @ Yw), Yw, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(240, 400), (500, 150)], ids=["fewer-cells", "fewer-genes"])
+def test_sklearn_solver_reproduces_sklearn_randomized_pca(shape):
+    """Same subspace, singular values and fit_transform scores as scikit-learn's randomized PCA."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    n, g = shape
+    S = gpulin.sctop_transform(make_counts(n, g, seed=5), batch_size=97)
+    op = StandardizedOperator(S, GeneScaling.fit(S))
+    k = 30
+    res = pca(op, k, solver="sklearn", seed=3)
+    ref = PCA(k, svd_solver="randomized", random_state=3)
+    scores = ref.fit_transform(StandardScaler().fit_transform(S.toarray().astype(np.float64)))
+    np.testing.assert_allclose(res.singular_values, ref.singular_values_, rtol=1e-5)
+    cos = np.abs(np.sum(res.components * ref.components_, axis=1))
+    assert cos.min() > 1 - 1e-5
+    np.testing.assert_allclose(np.abs(np.asarray(res.scores)), np.abs(scores), atol=1e-4 * np.abs(scores).max())
+    # The exact solution differs in the trailing components: the test is not vacuous.
+    exact = pca(op, k, solver="gram")
+    assert np.abs(exact.singular_values / ref.singular_values_ - 1).max() > 1e-3
