@@ -21,16 +21,68 @@ products run in float32.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from functools import lru_cache
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ._backend import Backend, to_host
 
-#: CSR blocks denser than this are multiplied as dense row tiles (BLAS / cuBLAS GEMM beats
-#: sparse-times-dense there; see benchmarks/README.md). The tile is bounded by ``tile_bytes``.
+#: Matrices denser than this are multiplied as dense row tiles (GEMM beats sparse-times-dense
+#: there). On GPU (cuBLAS vs cuSPARSE) the crossover is assumed low; on CPU it was measured
+#: (benchmarks/README.md): SciPy's sparse product on row chunks in threads matches OpenBLAS GEMM on
+#: dense tiles at ~10% nonzeros (Baron, 9.3%: 0.08 s vs 0.10 s) and is 2.2x faster at 5.5%.
 TILE_DENSITY = 0.01
+TILE_DENSITY_CPU = 0.10
+
+
+def cpu_workers() -> int:
+    """Threads for CPU sparse products: ``GPULIN_NUM_THREADS``, else the usable cores (<= 16)."""
+    env = os.environ.get("GPULIN_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 16))
+
+
+@lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="gpulin")
+
+
+def _row_slices(csr: Any, parts: int) -> list[tuple[int, int, Any]]:
+    """Split a SciPy CSR matrix into ``parts`` row ranges of about equal nonzeros (no copies)."""
+    import scipy.sparse as sp
+
+    n = csr.shape[0]
+    if parts <= 1 or n < 2 * parts:
+        return [(0, n, csr)]
+    targets = np.linspace(0, csr.nnz, parts + 1)[1:-1]
+    cuts = np.unique(np.concatenate([[0], np.searchsorted(csr.indptr, targets), [n]]))
+    out = []
+    for s, e in zip(cuts[:-1], cuts[1:]):
+        ip = csr.indptr[s : e + 1]
+        a, b = int(ip[0]), int(ip[-1])
+        view = sp.csr_matrix((csr.data[a:b], csr.indices[a:b], ip - a), shape=(int(e - s), csr.shape[1]), copy=False)
+        out.append((int(s), int(e), view))
+    return out
+
+
+def _threaded_rows(csr: Any, fn: Callable[[int, int, Any], None], workers: int) -> None:
+    """Call ``fn(start, stop, rows)`` on row ranges of ``csr`` in threads (SciPy's sparse
+    kernels release the GIL); ``fn`` must write disjoint outputs."""
+    parts = _row_slices(csr, workers)
+    if len(parts) == 1:
+        fn(*parts[0])
+        return
+    for f in [_pool(workers).submit(fn, *part) for part in parts]:
+        f.result()
 
 
 @dataclass
@@ -231,7 +283,9 @@ class StandardizedOperator:
         self.var = sc.var
         self.scale = sc.scale
         density = S.nnz / max(1, S.shape[0] * S.n_genes)
-        self.dense_tiles = (density >= TILE_DENSITY) if dense_tiles is None else bool(dense_tiles)
+        threshold = TILE_DENSITY if self.backend.is_gpu else TILE_DENSITY_CPU
+        self.dense_tiles = (density >= threshold) if dense_tiles is None else bool(dense_tiles)
+        self.workers = 1 if self.backend.is_gpu else cpu_workers()
         self.tile_rows = max(1, int(tile_bytes // (4 * max(1, S.n_genes))))
         if self.genes is not None:
             # Selection matrix P (G x G_sel) so that D P = D[:, genes] without copying D.
@@ -270,6 +324,21 @@ class StandardizedOperator:
         else:
             yield from self.S.iter_blocks()
 
+    @property
+    def _cpu_sparse(self) -> bool:
+        return not self.backend.is_gpu and not self.dense_tiles
+
+    def _transposed_blocks(self) -> Iterator[Any]:
+        """``D_b^T`` of each row block as CSR (genes x block cells), one block at a time (CPU).
+
+        SciPy's transposed product ``D_b.T @ U`` scatters into random output rows and runs in one
+        thread; the CSR of ``D_b^T`` turns it into a gather that splits over gene rows into threads.
+        Built per call and per block (about 15 ms per million stored values), so memory grows by
+        one block, not by a second copy of ``D``.
+        """
+        for _, _, blk, _ in self.S.iter_blocks():
+            yield blk.T.tocsr()
+
     def matmat(self, V: Any) -> Any:
         """``A @ V`` for V of shape (n_genes, k); returns float32 (n_cells, k) on device.
 
@@ -284,6 +353,19 @@ class StandardizedOperator:
         shift = (self.mean @ W64).astype(xp.float32)
         Wfull = W if self.genes is None else self._select @ W
         out = xp.empty((self.shape[0], V.shape[1]), dtype=xp.float32)
+        if self._cpu_sparse:
+            Wfull = np.ascontiguousarray(Wfull)
+            for start, stop, blk, cb in self.S.iter_blocks():
+                cb32 = cb.astype(np.float32)
+
+                def rows(s: int, e: int, part: Any, start: int = start, cb32: Any = cb32) -> None:
+                    res = part @ Wfull
+                    res += cb32[s:e, None] * colsum[None, :]
+                    res -= shift[None, :]
+                    out[start + s : start + e] = res
+
+                _threaded_rows(blk, rows, self.workers)
+            return out
         for start, stop, blk, cb in self._blocks_for_products():
             res = blk @ Wfull
             res += cb.astype(xp.float32)[:, None] * colsum[None, :]
@@ -302,10 +384,22 @@ class StandardizedOperator:
         U32 = U.astype(xp.float32)
         acc = xp.zeros((self.S.n_genes, k), dtype=xp.float64)
         cu = xp.zeros(k, dtype=xp.float64)
-        for start, stop, blk, cb in self._blocks_for_products():
-            Ub = U32[start:stop]
-            acc += (blk.T @ Ub).astype(xp.float64)
-            cu += cb @ Ub.astype(xp.float64)
+        if self._cpu_sparse:
+            part = np.empty((self.S.n_genes, k), dtype=np.float32)
+            for (start, stop, _, cb), Dt in zip(self.S.iter_blocks(), self._transposed_blocks()):
+                Ub = np.ascontiguousarray(U32[start:stop])
+
+                def genes(s: int, e: int, rows: Any, Ub: Any = Ub) -> None:
+                    part[s:e] = rows @ Ub
+
+                _threaded_rows(Dt, genes, self.workers)
+                acc += part
+                cu += cb @ Ub.astype(np.float64)
+        else:
+            for start, stop, blk, cb in self._blocks_for_products():
+                Ub = U32[start:stop]
+                acc += (blk.T @ Ub).astype(xp.float64)
+                cu += cb @ Ub.astype(xp.float64)
         if self.genes is not None:
             acc = acc[self.genes]
         usum = U.astype(xp.float64).sum(axis=0)

@@ -132,3 +132,26 @@ def test_sklearn_solver_reproduces_sklearn_randomized_pca(shape):
     # The exact solution differs in the trailing components: the test is not vacuous.
     exact = pca(op, k, solver="gram")
     assert np.abs(exact.singular_values / ref.singular_values_ - 1).max() > 1e-3
+
+
+@pytest.mark.parametrize("with_genes", [False, True])
+def test_threaded_sparse_products_match_materialized_operator(with_genes):
+    """CPU products split over threads (row chunks; transposed blocks for A.T @ U) equal the
+    dense standardized matrix's products, for any number of threads."""
+    S = gpulin.sctop_transform(make_counts(700, 260, seed=11), batch_size=150)
+    genes = np.sort(np.random.default_rng(0).choice(260, 90, replace=False)) if with_genes else None
+    scaling = GeneScaling.fit(S)
+    dense = StandardizedOperator(S, scaling, genes, dense_tiles=True)
+    A = np.concatenate([dense.tile(blk, cb) for _, _, blk, cb in dense._tiles()]).astype(np.float64)
+    rng = np.random.default_rng(1)
+    V = rng.standard_normal((A.shape[1], 7)).astype(np.float32)
+    U = rng.standard_normal((A.shape[0], 7)).astype(np.float32)
+    results = []
+    for workers in (1, 3):
+        op = StandardizedOperator(S, scaling, genes, dense_tiles=False)
+        op.workers = workers
+        mm, rm = op.matmat(V), op.rmatmat(U)
+        np.testing.assert_allclose(mm, A @ V, rtol=1e-4, atol=1e-4 * np.abs(A @ V).max())
+        np.testing.assert_allclose(rm, A.T @ U, rtol=1e-4, atol=1e-4 * np.abs(A.T @ U).max())
+        results.append((mm, rm))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6, atol=1e-6)
