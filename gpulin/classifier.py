@@ -25,18 +25,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (random_state 0, 10 oversamples): its trailing components decide some published numbers.
     "souza-mehta-2026": dict(
         method="sctop", n_genes=20_000, scale=True, n_components=220, whiten=True, solver="sklearn",
-        model="logistic", C=1.0, alpha=1.0, class_weight="balanced", max_iter=1000,
+        model="logistic", C=1.0, alpha=1.0, class_weight="balanced", max_iter=1000, tol=1e-4,
     ),
     # Cross-species transfer (benchmarks/README.md): fewer, whitened components generalize better
     # across species than 220 (Baron human->mouse 0.758 vs 0.641 macro F1, mouse->human 0.770 vs 0.778).
     "cross-species": dict(
         method="sctop", n_genes=20_000, scale=True, n_components=50, whiten=True, solver="auto",
-        model="logistic", C=1.0, alpha=1.0, class_weight="balanced", max_iter=1000,
+        model="logistic", C=1.0, alpha=1.0, class_weight="balanced", max_iter=1000, tol=1e-4,
     ),
     # A faster linear baseline from the same parts.
     "lognorm-ridge": dict(
         method="lognorm", n_genes=None, scale=True, n_components=100, whiten=True, solver="auto",
-        model="ridge", C=1.0, alpha=1.0, class_weight="balanced", max_iter=1000,
+        model="ridge", C=1.0, alpha=1.0, class_weight="balanced", max_iter=1000, tol=1e-4,
     ),
 }
 
@@ -71,8 +71,9 @@ class CellTypeClassifier:
         the published numbers; ``"auto"`` (exact Gram + eigh when cheaper, else randomized subspace
         iteration with more oversampling) is faster on small data and more accurate.
     model : {"logistic", "ridge"}
-    C, alpha, class_weight, max_iter
-        Logistic (C) or ridge (alpha) parameters.
+    C, alpha, class_weight, max_iter, tol
+        Logistic (C, max_iter, tol) or ridge (alpha) parameters; ``tol`` = 1e-4 is scikit-learn's
+        default, which the published pipeline used.
     unassigned_threshold : float, optional
         Default for :meth:`predict`: cells whose top probability is below it are "unassigned".
     """
@@ -148,7 +149,8 @@ class CellTypeClassifier:
         self.explained_variance_ = res.explained_variance
         Z = self._whiten(res.scores)
         if p["model"] == "logistic":
-            model = LogisticRegression(C=p["C"], class_weight=p["class_weight"], max_iter=p["max_iter"], device=self.backend_)
+            model = LogisticRegression(C=p["C"], class_weight=p["class_weight"], max_iter=p["max_iter"], tol=p["tol"],
+                                       device=self.backend_)
         else:
             model = RidgeClassifier(alpha=p["alpha"], class_weight=p["class_weight"], device=self.backend_)
         model.fit(Z, y)

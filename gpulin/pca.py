@@ -63,15 +63,25 @@ def _gram64(Y: Any, xp: Any, block_rows: int = 1 << 16) -> np.ndarray:
     return np.asarray(to_host(acc))
 
 
-def orthonormalize(Y: Any, xp: Any) -> Any:
+#: On the host, bases of at most this many entries are orthonormalized by one Householder QR:
+#: for small matrices CholeskyQR2's four extra calls cost more than the factorization itself.
+SMALL_QR_SIZE = 1 << 20
+
+
+def orthonormalize(Y: Any, xp: Any, passes: int = 2) -> Any:
     """Orthonormal basis (float32) of the columns of a tall ``Y`` by CholeskyQR2.
 
     Two CholeskyQR passes (Gram in float64 on the host-side l x l matrix); falls back to
     Householder QR in float64 when the Gram matrix is not numerically positive definite
-    (rank-deficient or very ill-conditioned ``Y``).
+    (rank-deficient or very ill-conditioned ``Y``). Small host matrices (``Y.size <=
+    SMALL_QR_SIZE``) go straight to Householder QR. ``passes=1`` (plain CholeskyQR) is enough
+    between power iterations, where only the span and a sane conditioning matter (scikit-learn
+    uses an LU factor there).
     """
+    if xp is np and Y.size <= SMALL_QR_SIZE:
+        return np.linalg.qr(np.asarray(Y, dtype=np.float64))[0].astype(np.float32)
     Q = Y
-    for _ in range(2):
+    for _ in range(passes):
         gram = _gram64(Q, xp)
         d = np.sqrt(np.maximum(np.diag(gram), 0.0))
         try:
@@ -201,10 +211,10 @@ def pca(
         l = min(k + n_oversamples, n, G)
         rng = np.random.default_rng(seed)
         omega = xp.asarray(rng.standard_normal((G, l)).astype(np.float32))
-        Q = orthonormalize(op.matmat(omega), xp)
-        for _ in range(n_iter):
-            Z = orthonormalize(op.rmatmat(Q).astype(xp.float32), xp)
-            Q = orthonormalize(op.matmat(Z), xp)
+        Q = orthonormalize(op.matmat(omega), xp, passes=1 if n_iter else 2)
+        for i in range(n_iter):
+            Z = orthonormalize(op.rmatmat(Q).astype(xp.float32), xp, passes=1)
+            Q = orthonormalize(op.matmat(Z), xp, passes=2 if i == n_iter - 1 else 1)
         Bt = op.rmatmat(Q)  # (G, l) float64 = A^T Q
         M = np.asarray(to_host(Bt.T @ Bt))
         evals, Ub = np.linalg.eigh(M)
@@ -260,8 +270,8 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int)
         backward = lambda Q: op.rmatmat(Q).astype(xp.float32)  # noqa: E731
     Q = omega
     for _ in range(n_iter):
-        Q = orthonormalize(forward(Q), xp)
-        Q = orthonormalize(backward(Q), xp)
+        Q = orthonormalize(forward(Q), xp, passes=1)
+        Q = orthonormalize(backward(Q), xp, passes=1)
     Q = orthonormalize(forward(Q), xp)
     if transpose:
         # Q spans genes; C = A Q = (Q^T M)^T, so SVD(B) = Uh s Vt gives C = Vt^T s Uh^T.

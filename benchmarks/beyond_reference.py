@@ -1,0 +1,93 @@
+"""Where the protocol is ours to choose: cross-species transfer variants and novel-type detection.
+
+Transfer (pipeline.md section 3-4 protocol: 1:1 orthologs, training types >= 20 cells, every query
+cell of a shared type scored, macro F1 over true and predicted labels) for the published preset and
+variants of it, both directions on Baron; then novel-type detection (each Baron type with >= 50
+cells left out of training in turn, AUROC of the novelty score = 1 - top probability).
+
+Usage::
+
+    python benchmarks/beyond_reference.py [--device cpu|cuda] [--out results/beyond_reference_cpu.json]
+
+Prints markdown tables (copied into ``benchmarks/README.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+#: name -> (preset, overrides)
+VARIANTS = {
+    "preset souza-mehta-2026": ("souza-mehta-2026", {}),
+    "preset souza-mehta-2026, solver='auto' (exact PCA here)": ("souza-mehta-2026", {"solver": "auto"}),
+    "preset cross-species (n_components=50)": ("cross-species", {}),
+    "model='ridge' (class-balanced, 220 comps)": ("souza-mehta-2026", {"model": "ridge", "solver": "auto"}),
+    "model='ridge', n_components=50": ("souza-mehta-2026", {"model": "ridge", "n_components": 50, "solver": "auto"}),
+    "model='ridge', n_components=100": ("souza-mehta-2026", {"model": "ridge", "n_components": 100, "solver": "auto"}),
+    "whiten=False": ("souza-mehta-2026", {"whiten": False}),
+    "preset lognorm-ridge": ("lognorm-ridge", {}),
+}
+DIRECTIONS = {"human_to_mouse": ("h", "m", ("gene.name", "human.gene.name")),
+              "mouse_to_human": ("m", "h", ("human.gene.name", "gene.name"))}
+PUBLISHED = {"human_to_mouse": (0.662, 0.811), "mouse_to_human": (0.763, 0.819)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    import gpulin
+    from gpulin.datasets import load_orthologs, load_shared
+    from gpulin.evaluate import evaluate
+
+    d = {"h": load_shared("baron_human"), "m": load_shared("baron_mouse")}
+    orth = load_orthologs()
+    transfer: dict[str, dict[str, dict[str, float]]] = {}
+    for name, (preset, overrides) in VARIANTS.items():
+        transfer[name] = {}
+        for direction, (ref, query, cols) in DIRECTIONS.items():
+            t0 = time.perf_counter()
+            t = evaluate(d[ref], "cell_type1", "transfer", query=d[query], orthologs=orth, ortholog_cols=cols,
+                         min_cells=20, device=args.device, preset=preset, **overrides)
+            transfer[name][direction] = {"macro_f1": float(t["macro_f1"].iloc[0]),
+                                         "accuracy": float(t["accuracy"].iloc[0]),
+                                         "seconds": time.perf_counter() - t0}
+        print(name, json.dumps({k: round(v["macro_f1"], 3) for k, v in transfer[name].items()}), flush=True)
+    novel = {}
+    for key, species in (("h", "baron_human"), ("m", "baron_mouse")):
+        t = evaluate(d[key], "cell_type1", "novel", min_cells=50, device=args.device, progress=False)
+        novel[species] = {"per_type": dict(zip(t["held_out_type"], t["novelty_auroc"].astype(float))),
+                          "mean_auroc": float(t["novelty_auroc"].mean())}
+        print(species, "mean novelty AUROC", round(novel[species]["mean_auroc"], 3), flush=True)
+    out = {"benchmark": "beyond_reference.py", "command": "python benchmarks/beyond_reference.py " + " ".join(sys.argv[1:]),
+           "date": _dt.datetime.now().isoformat(timespec="seconds"), "device": args.device,
+           "machine": platform.platform(), "gpulin": gpulin.__version__, "published": PUBLISHED,
+           "transfer": transfer, "novel": novel}
+    path = Path(args.out or HERE / "results" / f"beyond_reference_{args.device}.json")
+    path.write_text(json.dumps(out, indent=1))
+    print("\n| variant (overrides of the preset) | human→mouse F1 / acc | mouse→human F1 / acc |")
+    print("|---|---|---|")
+    print("| published reference (sctop + sklearn) | " + " | ".join(f"{f:.3f} / {a:.3f}" for f, a in PUBLISHED.values()) + " |")
+    for name, r in transfer.items():
+        print(f"| {name} | " + " | ".join(f"{r[k]['macro_f1']:.3f} / {r[k]['accuracy']:.3f}" for k in DIRECTIONS) + " |")
+    print("\n| dataset | held-out types | AUROC per type | mean AUROC |\n|---|---|---|---|")
+    for species, r in novel.items():
+        per = ", ".join(f"{k} {v:.3f}" for k, v in r["per_type"].items())
+        print(f"| {species} | {len(r['per_type'])} | {per} | **{r['mean_auroc']:.3f}** |")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
