@@ -14,7 +14,7 @@ import numpy as np
 
 from ._backend import Backend, get_backend, out_of_memory_errors
 from ._validation import as_csr, check_batch_size, check_counts
-from .implicit import SparsePlusRowConstant, _row_ids
+from .implicit import SparsePlusRowConstant, _map_row_chunks, _row_ids, cpu_workers
 
 Method = Literal["sctop", "lognorm"]
 METHODS = ("sctop", "lognorm")
@@ -227,13 +227,19 @@ def transform_implicit(
     bounds = plan_row_blocks(indptr_host, G, backend, batch_size)
     xp = backend.xp
     c_all = xp.empty(n, dtype=xp.float64)
-    blocks = []
-    n_empty = 0
-    for b in range(len(bounds) - 1):
+
+    def one(b: int) -> tuple[Any, int]:
         start, stop = int(bounds[b]), int(bounds[b + 1])
         try:
             blk = _block_view(csr, indptr_host, start, stop, backend)
-            if method == "sctop":
+            if method == "sctop" and workers > 1:
+                # Row chunks of the block in threads (NumPy's sorts and ufuncs release the GIL);
+                # their temporaries together are one block's.
+                parts = _map_row_chunks(blk, lambda i, s, e, rows: _sctop_block(rows, G, backend), workers)
+                vals = np.concatenate([v for v, _, _ in parts])
+                c = np.concatenate([cc for _, cc, _ in parts])
+                ne = sum(k for _, _, k in parts)
+            elif method == "sctop":
                 vals, c, ne = _sctop_block(blk, G, backend)
             else:
                 vals, c, ne = _lognorm_block(blk, float(target_sum), backend)
@@ -244,9 +250,13 @@ def transform_implicit(
                 f"{batch_size if batch_size is not None else stop - start}. Pass a smaller batch_size "
                 "(for example half of it)."
             ) from exc
-        blocks.append(_with_values(blk, vals, backend))
         c_all[start:stop] = c
-        n_empty += ne
+        return _with_values(blk, vals, backend), ne
+
+    workers = 1 if backend.is_gpu else cpu_workers()
+    done = [one(b) for b in range(len(bounds) - 1)]
+    blocks = [blk for blk, _ in done]
+    n_empty = sum(ne for _, ne in done)
     if n_empty:
         warnings.warn(
             f"{n_empty} of {n} cells have no counts"
