@@ -65,7 +65,10 @@ class LinearEmbedding:
         default PCA on log-normalized data).
     whiten : bool
         Scores divided by ``sqrt(explained_variance_)`` (scikit-learn semantics).
-    solver : {"auto", "randomized", "gram"}
+    solver : {"auto", "randomized", "gram", "sklearn"}
+        See :func:`gpulin.pca.pca`; ``"sklearn"`` gives the subspace of scikit-learn's randomized
+        PCA with ``random_state=seed``, and its fit scores are the in-subspace scores, as
+        scikit-learn's ``fit_transform`` returns (``transform`` gives ``A @ components.T``).
     n_oversamples, n_iter : int, optional
         Randomized SVD parameters (see :func:`gpulin.pca.pca`).
     target_sum : float
@@ -305,7 +308,8 @@ def embed(
         Standardize genes to unit variance (True; pipeline.md) or only centre them.
     whiten : bool
         Divide scores by the square root of the explained variance.
-    solver : {"auto", "randomized", "gram"}
+    solver : {"auto", "randomized", "gram", "sklearn"}
+        PCA solver (see :class:`LinearEmbedding`).
     target_sum : float
         ``lognorm`` library size.
 

@@ -45,7 +45,10 @@ def cpu_workers() -> int:
     """Threads for CPU sparse products: ``GPULIN_NUM_THREADS``, else the usable cores (<= 16)."""
     env = os.environ.get("GPULIN_NUM_THREADS")
     if env:
-        return max(1, int(env))
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"GPULIN_NUM_THREADS must be a positive integer, got {env!r}.") from None
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
