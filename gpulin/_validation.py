@@ -78,27 +78,32 @@ def check_counts(csr: Any, backend: Backend, *, name: str = "X", method: str = "
     data = csr.data
     if data.size == 0:
         return
-    finite = xp.isfinite(data)
-    n_bad = int((~finite).sum())
+    floating = bool(xp.issubdtype(data.dtype, xp.floating))
+    if floating and not backend.is_gpu and data.dtype in (np.float32, np.float64):
+        from ._cpu_kernels import value_counts  # one pass; CPU twin of the three below
+        from .implicit import cpu_workers
+
+        n_bad, n_neg, n_frac = value_counts(data, cpu_workers())
+    else:
+        n_bad = int((~xp.isfinite(data)).sum()) if floating else 0
+        n_neg = int((data < 0).sum())
+        n_frac = int((data != xp.round(data)).sum()) if floating and not (n_bad or n_neg) else 0
     if n_bad:
         raise ValueError(
             f"{name} contains {n_bad} non-finite value(s) (NaN or inf); {method!r} expects raw counts."
         )
-    n_neg = int((data < 0).sum())
     if n_neg:
         raise ValueError(
             f"{name} contains {n_neg} negative value(s) (min {float(data.min())}); {method!r} expects raw, "
             "non-negative counts. Pass the counts layer (layer=...) rather than scaled or centred data."
         )
-    if xp.issubdtype(data.dtype, xp.floating):
-        n_frac = int((data != xp.round(data)).sum())
-        if n_frac:
-            warnings.warn(
-                f"{name} has {n_frac} non-integer value(s); {method!r} is designed for raw counts "
-                "(is this already normalized?). Continuing.",
-                UserWarning,
-                stacklevel=3,
-            )
+    if n_frac:
+        warnings.warn(
+            f"{name} has {n_frac} non-integer value(s); {method!r} is designed for raw counts "
+            "(is this already normalized?). Continuing.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def check_n_components(n_components: int, n_cells: int, n_genes: int) -> int:

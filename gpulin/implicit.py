@@ -22,10 +22,8 @@ products run in float32.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -54,41 +52,6 @@ def cpu_workers() -> int:
     except AttributeError:  # pragma: no cover - not Linux
         n = os.cpu_count() or 1
     return max(1, min(n, 16))
-
-
-@lru_cache(maxsize=4)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="gpulin")
-
-
-def _row_slices(csr: Any, parts: int) -> list[tuple[int, int, Any]]:
-    """Split a SciPy CSR matrix into ``parts`` row ranges of about equal nonzeros (no copies)."""
-    import scipy.sparse as sp
-
-    n = csr.shape[0]
-    if parts <= 1 or n < 2 * parts:
-        return [(0, n, csr)]
-    targets = np.linspace(0, csr.nnz, parts + 1)[1:-1]
-    cuts = np.unique(np.concatenate([[0], np.searchsorted(csr.indptr, targets), [n]]))
-    out = []
-    for s, e in zip(cuts[:-1], cuts[1:]):
-        ip = csr.indptr[s : e + 1]
-        a, b = int(ip[0]), int(ip[-1])
-        view = sp.csr_matrix((csr.data[a:b], csr.indices[a:b], ip - a), shape=(int(e - s), csr.shape[1]), copy=False)
-        out.append((int(s), int(e), view))
-    return out
-
-
-def _map_row_chunks(csr: Any, fn: Callable[[int, int, int, Any], Any], workers: int) -> list[Any]:
-    """``[fn(i, start, stop, rows) for the i-th row chunk of csr]``, chunks run in threads.
-
-    SciPy's sparse kernels release the GIL, so the chunks run in parallel; results come back in
-    chunk order (sums over them are deterministic for a given number of workers).
-    """
-    parts = _row_slices(csr, workers)
-    if len(parts) == 1:
-        return [fn(0, *parts[0])]
-    return [f.result() for f in [_pool(workers).submit(fn, i, *part) for i, part in enumerate(parts)]]
 
 
 @dataclass
@@ -138,6 +101,13 @@ class SparsePlusRowConstant:
             s1 = xp.zeros(self.n_genes, dtype=xp.float64)
             s2 = xp.zeros(self.n_genes, dtype=xp.float64)
             for _, _, blk, cb in self.iter_blocks():
+                if not self.backend.is_gpu:
+                    from ._cpu_kernels import column_sums  # CPU twin of the three bincounts below
+
+                    a, b = column_sums(blk.indptr, blk.indices, blk.data, cb, self.n_genes, cpu_workers())
+                    s1 += a
+                    s2 += b
+                    continue
                 d = blk.data.astype(xp.float64)
                 s1 += xp.bincount(blk.indices, weights=d, minlength=self.n_genes)
                 s2 += xp.bincount(blk.indices, weights=d * d, minlength=self.n_genes)
@@ -292,6 +262,8 @@ class StandardizedOperator:
         threshold = TILE_DENSITY if self.backend.is_gpu else TILE_DENSITY_CPU
         self.dense_tiles = (density >= threshold) if dense_tiles is None else bool(dense_tiles)
         self.workers = 1 if self.backend.is_gpu else cpu_workers()
+        #: CPU sparse products use gpulin._cpu_kernels (their twin is the generic sparse path).
+        self.cpu_kernels = not self.backend.is_gpu
         self.tile_rows = max(1, int(tile_bytes // (4 * max(1, S.n_genes))))
         # A matrix that fits in one tile keeps its dense D between products (the memory of the one
         # tile that products allocate anyway) instead of re-expanding it on every pass.
@@ -345,7 +317,8 @@ class StandardizedOperator:
 
     @property
     def _cpu_sparse(self) -> bool:
-        return not self.backend.is_gpu and not self.dense_tiles
+        """Sparse products through the compiled CPU kernels (``cpu_kernels=False``: the generic path)."""
+        return self.cpu_kernels and not self.dense_tiles
 
     def matmat(self, V: Any) -> Any:
         """``A @ V`` for V of shape (n_genes, k); returns float32 (n_cells, k) on device.
@@ -362,17 +335,12 @@ class StandardizedOperator:
         Wfull = W if self.genes is None else self._select @ W
         out = xp.empty((self.shape[0], V.shape[1]), dtype=xp.float32)
         if self._cpu_sparse:
-            Wfull = np.ascontiguousarray(Wfull)
+            from ._cpu_kernels import csr_matmat, panels  # CPU twin of the generic loop below
+
+            Wp = panels(Wfull)
             for start, stop, blk, cb in self.S.iter_blocks():
-                cb32 = cb.astype(np.float32)
-
-                def rows(_: int, s: int, e: int, part: Any, start: int = start, cb32: Any = cb32) -> None:
-                    res = part @ Wfull
-                    res += cb32[s:e, None] * colsum[None, :]
-                    res -= shift[None, :]
-                    out[start + s : start + e] = res
-
-                _map_row_chunks(blk, rows, self.workers)
+                csr_matmat(blk.indptr, blk.indices, blk.data, Wp, cb.astype(np.float32), colsum, shift,
+                           out[start:stop], self.workers)
             return out
         for start, stop, blk, cb in self._blocks_for_products():
             res = blk @ Wfull
@@ -393,40 +361,28 @@ class StandardizedOperator:
         acc = xp.zeros((self.S.n_genes, k), dtype=xp.float64)
         cu = xp.zeros(k, dtype=xp.float64)
         if self._cpu_sparse:
-            # D_b^T U_b as a gather: thread i transposes row chunk i of each block to CSR (genes x
-            # chunk cells), multiplies, and adds into its own float32 partial sum; the partials are
-            # flushed into the float64 total every FLUSH_ROWS cells (float32 sums stay short).
-            partials: list[Any] = [None] * self.workers
+            # D_b^T U_b scattered into one float32 partial sum per thread (CPU twin of the generic
+            # loop below); partials are added to the float64 total every FLUSH_ROWS cells.
+            from ._cpu_kernels import csr_rmatmat_accumulate
+
+            partials = np.zeros((self.workers, self.S.n_genes, k), dtype=np.float32)
+            U32 = np.ascontiguousarray(U32)
             since_flush = 0
-
-            def flush() -> None:
-                for i, part in enumerate(partials):
-                    if part is not None:
-                        acc[...] += part
-                        partials[i] = None
-
-            for start, stop, blk, cb in self.S.iter_blocks():
-                Ub = U32[start:stop]
-
-                def genes(slot: int, s: int, e: int, rows: Any, Ub: Any = Ub) -> None:
-                    prod = rows.T.tocsr() @ np.ascontiguousarray(Ub[s:e])
-                    if partials[slot] is None:
-                        partials[slot] = prod
-                    else:
-                        partials[slot] += prod
-
-                _map_row_chunks(blk, genes, self.workers)
-                cu += cb @ Ub.astype(np.float64)
+            for start, stop, blk, _ in self.S.iter_blocks():
+                csr_rmatmat_accumulate(blk.indptr, blk.indices, blk.data, U32[start:stop], partials)
                 since_flush += stop - start
-                if since_flush >= FLUSH_ROWS:
-                    flush()
+                if since_flush >= FLUSH_ROWS or stop == self.S.shape[0]:
+                    for part in partials:
+                        acc += part
+                    partials[...] = 0.0
                     since_flush = 0
-            flush()
         else:
             for start, stop, blk, cb in self._blocks_for_products():
                 Ub = U32[start:stop]
                 acc += (blk.T @ Ub).astype(xp.float64)
                 cu += cb @ Ub.astype(xp.float64)
+        if self._cpu_sparse:
+            cu = self.S.c @ U.astype(np.float64)
         if self.genes is not None:
             acc = acc[self.genes]
         usum = U.astype(xp.float64).sum(axis=0)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._backend import Backend, get_backend, out_of_memory_errors
 from ._validation import as_csr, check_batch_size, check_counts
-from .implicit import SparsePlusRowConstant, _map_row_chunks, _row_ids, cpu_workers
+from .implicit import SparsePlusRowConstant, _row_ids, cpu_workers
 
 Method = Literal["sctop", "lognorm"]
 METHODS = ("sctop", "lognorm")
@@ -228,17 +228,20 @@ def transform_implicit(
     xp = backend.xp
     c_all = xp.empty(n, dtype=xp.float64)
 
+    use_kernels = not backend.is_gpu and method == "sctop"
+    if use_kernels:
+        from . import _cpu_kernels
+
+        ztab = _cpu_kernels.ztable(G)
+        workers = cpu_workers()
+
     def one(b: int) -> tuple[Any, int]:
         start, stop = int(bounds[b]), int(bounds[b + 1])
         try:
             blk = _block_view(csr, indptr_host, start, stop, backend)
-            if method == "sctop" and workers > 1:
-                # Row chunks of the block in threads (NumPy's sorts and ufuncs release the GIL);
-                # their temporaries together are one block's.
-                parts = _map_row_chunks(blk, lambda i, s, e, rows: _sctop_block(rows, G, backend), workers)
-                vals = np.concatenate([v for v, _, _ in parts])
-                c = np.concatenate([cc for _, cc, _ in parts])
-                ne = sum(k for _, _, k in parts)
+            if use_kernels:
+                # CPU twin of _sctop_block (tests/test_cpu_kernels.py): a sort per cell, in threads.
+                vals, c, ne = _cpu_kernels.sctop_rows(blk.indptr, blk.data, G, workers, ztab)
             elif method == "sctop":
                 vals, c, ne = _sctop_block(blk, G, backend)
             else:
@@ -253,7 +256,6 @@ def transform_implicit(
         c_all[start:stop] = c
         return _with_values(blk, vals, backend), ne
 
-    workers = 1 if backend.is_gpu else cpu_workers()
     done = [one(b) for b in range(len(bounds) - 1)]
     blocks = [blk for blk, _ in done]
     n_empty = sum(ne for _, ne in done)

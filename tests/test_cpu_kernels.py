@@ -1,0 +1,130 @@
+"""The compiled CPU kernels (gpulin._cpu_kernels) agree with their generic twins (the GPU code path)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from conftest import make_counts
+from gpulin import _cpu_kernels as K
+from gpulin._backend import CPU
+from gpulin._validation import check_counts
+from gpulin.implicit import GeneScaling, SparsePlusRowConstant, StandardizedOperator
+from gpulin.transforms import _sctop_block, transform_implicit
+
+
+@pytest.fixture(autouse=True)
+def _quiet(recwarn):
+    """The tricky inputs warn (empty cells, a non-integer value) by design."""
+
+
+def _tricky_counts(dtype=np.float32) -> sp.csr_matrix:
+    """Ties, empty cells, explicit zeros, a cell with all genes equal, and counts whose key rounds to 1."""
+    X = make_counts(n=120, g=90, seed=3).tolil()
+    X[5, :] = 0  # empty cell
+    X[6, :] = 2  # every gene equal (transforms to zero)
+    X[7, 3] = 1e-9  # key rounds to 1 next to a large library: joins the zero group
+    X[7, 4] = 5e5
+    X = X.tocsr().astype(dtype)
+    X.data[::17] = 0  # explicit zeros stored in the matrix
+    return X
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_sctop_rows_equal_generic_block(dtype):
+    X = _tricky_counts(np.float64 if dtype is np.int64 else dtype)
+    if dtype is np.int64:
+        X.data = np.round(X.data).astype(np.int64)
+    G = X.shape[1]
+    d_gen, c_gen, empty_gen = _sctop_block(X, G, CPU)
+    for threads in (1, 2, 3):
+        d, c, n_empty = K.sctop_rows(X.indptr, X.data, G, threads)
+        np.testing.assert_array_equal(d, d_gen)
+        np.testing.assert_allclose(c, c_gen, rtol=1e-15, atol=0)
+        assert n_empty == empty_gen
+
+
+def test_sctop_table_holds_every_average_rank():
+    G = 7
+    tab = K.ztable(G)
+    from scipy.special import ndtri
+
+    ranks = np.arange(1, 2 * G + 1) / 2.0  # 0.5 .. G in halves
+    np.testing.assert_array_equal(tab[(2 * ranks).astype(int)], ndtri(ranks / (G + 1)))
+
+
+@pytest.mark.parametrize("k", [1, 7, 64, 150])
+def test_csr_matmat_matches_scipy(k):
+    rng = np.random.default_rng(k)
+    D = sp.random(300, 200, density=0.1, format="csr", dtype=np.float32, random_state=k)
+    W = rng.standard_normal((200, k)).astype(np.float32)
+    rc = rng.standard_normal(300).astype(np.float32)
+    colsum = rng.standard_normal(k).astype(np.float32)
+    shift = rng.standard_normal(k).astype(np.float32)
+    expected = D @ W + rc[:, None] * colsum[None, :] - shift[None, :]
+    for threads in (1, 2):
+        out = np.empty((300, k), dtype=np.float32)
+        K.csr_matmat(D.indptr, D.indices, D.data, K.panels(W), rc, colsum, shift, out, threads)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_panels_pad_and_split():
+    W = np.arange(200 * 3, dtype=np.float32).reshape(3, 200).T.copy()  # (200, 3): one panel
+    assert K.panels(W).shape == (1, 200, 3)
+    W = np.random.default_rng(0).standard_normal((10, 150)).astype(np.float32)
+    Wp = K.panels(W)
+    assert Wp.shape == (3, 10, K.PANEL)
+    np.testing.assert_array_equal(np.concatenate(list(Wp), axis=1)[:, :150], W)
+    assert not Wp[2, :, 150 - 2 * K.PANEL :].any()
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_csr_rmatmat_matches_scipy(parts):
+    rng = np.random.default_rng(parts)
+    D = sp.random(300, 200, density=0.1, format="csr", dtype=np.float32, random_state=parts)
+    U = rng.standard_normal((300, 33)).astype(np.float32)
+    partials = np.zeros((parts, 200, 33), dtype=np.float32)
+    K.csr_rmatmat_accumulate(D.indptr, D.indices, D.data, U, partials)
+    K.csr_rmatmat_accumulate(D.indptr, D.indices, D.data, U, partials)  # accumulates
+    np.testing.assert_allclose(partials.sum(axis=0), 2 * (D.T @ U), rtol=1e-5, atol=1e-5)
+
+
+def test_column_sums_match_generic():
+    X = _tricky_counts()
+    S = transform_implicit(X, "sctop", device="cpu", batch_size=37)
+    s1, s2 = S.column_sums()
+    dense = S.toarray().astype(np.float64)
+    np.testing.assert_allclose(s1, dense.sum(axis=0), rtol=1e-6, atol=1e-6)  # dense is float32
+    np.testing.assert_allclose(s2, (dense**2).sum(axis=0), rtol=1e-6, atol=1e-6)
+
+
+def test_value_counts_match_numpy():
+    data = np.array([0, 1, 2.5, -1, np.nan, np.inf, 3, -0.5, 1e9, 7.25], dtype=np.float32)
+    for threads in (1, 2):
+        n_bad, n_neg, n_frac = K.value_counts(data, threads)
+        finite = np.isfinite(data)
+        assert n_bad == int((~finite).sum())
+        assert n_neg == int((data[finite] < 0).sum())
+        good = data[finite & (data >= 0)]
+        assert n_frac == int((good != np.round(good)).sum())
+    with pytest.raises(ValueError, match="non-finite"):
+        check_counts(sp.csr_matrix(data[None, :]), CPU)
+
+
+def test_operator_cpu_kernels_equal_generic_sparse_products():
+    """StandardizedOperator on CPU (compiled kernels) == the generic sparse path (what CuPy runs)."""
+    X = _tricky_counts()
+    S = transform_implicit(X, "sctop", device="cpu", batch_size=50)
+    assert isinstance(S, SparsePlusRowConstant)
+    sc = GeneScaling.fit(S)
+    rng = np.random.default_rng(0)
+    for genes in (None, np.arange(0, X.shape[1], 2)):
+        fast = StandardizedOperator(S, sc, genes, dense_tiles=False)
+        generic = StandardizedOperator(S, sc, genes, dense_tiles=False)
+        generic.cpu_kernels = False
+        assert fast._cpu_sparse and not generic._cpu_sparse
+        V = rng.standard_normal((fast.shape[1], 130)).astype(np.float32)
+        U = rng.standard_normal((fast.shape[0], 9)).astype(np.float32)
+        np.testing.assert_allclose(fast.matmat(V), generic.matmat(V), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(fast.rmatmat(U), generic.rmatmat(U), rtol=1e-5, atol=1e-5)
