@@ -169,7 +169,7 @@ def versions() -> dict:
         "scikit-learn": sklearn.__version__,
         "anndata": anndata.__version__,
     }
-    for name in ("scanpy", "sctop", "cupy"):
+    for name in ("numba", "scanpy", "sctop", "cupy"):
         try:
             out[name] = __import__(name).__version__
         except Exception:

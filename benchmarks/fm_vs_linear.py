@@ -106,6 +106,7 @@ def versions() -> dict[str, str]:
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "anndata": version("anndata"),
+        "numba": version("numba"),
         "torch": torch.__version__,
     }
     try:

@@ -27,6 +27,12 @@ def as_csr(X: Any, backend: Backend, *, name: str = "X") -> Any:
     """
     if X is None:
         raise TypeError(f"{name} is None; expected a cells x genes matrix.")
+    if backend.is_gpu:
+        # cupyx sparse matrices hold only bool/float32/float64/complex values: integer counts
+        # become float32 (exact below 2^24) before they reach the device.
+        dtype = getattr(X, "dtype", None)
+        if dtype is not None and np.dtype(dtype).kind in "iu":
+            X = X.astype(np.float32)
     if is_gpu_array(X):
         if backend.is_gpu:
             csr = X.tocsr() if backend.sparse.issparse(X) else backend.sparse.csr_matrix(X)

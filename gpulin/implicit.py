@@ -108,6 +108,8 @@ class SparsePlusRowConstant:
                     s1 += a
                     s2 += b
                     continue
+                if blk.nnz == 0:  # (CuPy's bincount fails on empty input)
+                    continue
                 d = blk.data.astype(xp.float64)
                 s1 += xp.bincount(blk.indices, weights=d, minlength=self.n_genes)
                 s2 += xp.bincount(blk.indices, weights=d * d, minlength=self.n_genes)
@@ -185,9 +187,16 @@ class SparsePlusRowConstant:
 
 
 def _row_ids(blk: Any, xp: Any) -> Any:
-    """Row index (within the block) of each stored value of a CSR block."""
-    counts = xp.diff(blk.indptr)
-    return xp.repeat(xp.arange(blk.shape[0], dtype=xp.int64), counts.astype(xp.int64))
+    """Row index (within the block) of each stored value of a CSR block (int64, (nnz,)).
+
+    The running count of row starts at or before each position: O(nnz), and portable (CuPy
+    before 14.1 takes no array of repeats in ``repeat``; its ``bincount`` fails on empty input).
+    """
+    nnz = int(blk.nnz)
+    if blk.shape[0] <= 1 or nnz == 0:
+        return xp.zeros(nnz, dtype=xp.int64)
+    starts = blk.indptr[1:-1].astype(xp.int64)
+    return xp.cumsum(xp.bincount(starts, minlength=nnz + 1)[:nnz])
 
 
 @dataclass
@@ -357,35 +366,38 @@ class StandardizedOperator:
         xp = self.backend.xp
         U = xp.asarray(U)
         k = U.shape[1]
-        U32 = U.astype(xp.float32)
-        acc = xp.zeros((self.S.n_genes, k), dtype=xp.float64)
-        cu = xp.zeros(k, dtype=xp.float64)
         if self._cpu_sparse:
             # D_b^T U_b scattered into one float32 partial sum per thread (CPU twin of the generic
             # loop below); partials are added to the float64 total every FLUSH_ROWS cells.
             from ._cpu_kernels import csr_rmatmat_accumulate
 
+            U32 = np.ascontiguousarray(U, dtype=np.float32)
             partials = np.zeros((self.workers, self.S.n_genes, k), dtype=np.float32)
-            U32 = np.ascontiguousarray(U32)
-            since_flush = 0
+            acc = None
+            since_flush, last = 0, self.S.shape[0]
             for start, stop, blk, _ in self.S.iter_blocks():
                 csr_rmatmat_accumulate(blk.indptr, blk.indices, blk.data, U32[start:stop], partials)
                 since_flush += stop - start
-                if since_flush >= FLUSH_ROWS or stop == self.S.shape[0]:
-                    for part in partials:
-                        acc += part
-                    partials[...] = 0.0
+                if since_flush >= FLUSH_ROWS or stop == last:
+                    total = partials.sum(axis=0, dtype=np.float64)
+                    acc = total if acc is None else np.add(acc, total, out=acc)
+                    if stop != last:
+                        partials[...] = 0.0
                     since_flush = 0
+            U64 = U.astype(np.float64)
+            cu = self.S.c @ U64
         else:
+            U32 = U.astype(xp.float32)
+            acc = xp.zeros((self.S.n_genes, k), dtype=xp.float64)
+            cu = xp.zeros(k, dtype=xp.float64)
             for start, stop, blk, cb in self._blocks_for_products():
                 Ub = U32[start:stop]
                 acc += (blk.T @ Ub).astype(xp.float64)
                 cu += cb @ Ub.astype(xp.float64)
-        if self._cpu_sparse:
-            cu = self.S.c @ U.astype(np.float64)
+            U64 = U.astype(xp.float64)
         if self.genes is not None:
             acc = acc[self.genes]
-        usum = U.astype(xp.float64).sum(axis=0)
+        usum = U64.sum(axis=0)
         acc += cu[None, :]
         acc -= self.mean[:, None] * usum[None, :]
         acc *= self.inv_scale[:, None]

@@ -128,3 +128,27 @@ def test_operator_cpu_kernels_equal_generic_sparse_products():
         U = rng.standard_normal((fast.shape[0], 9)).astype(np.float32)
         np.testing.assert_allclose(fast.matmat(V), generic.matmat(V), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(fast.rmatmat(U), generic.rmatmat(U), rtol=1e-5, atol=1e-5)
+
+
+def test_row_ids_portable_form_equals_repeat():
+    from gpulin.implicit import _row_ids
+
+    X = _tricky_counts().tolil()
+    X[0, :] = 0  # leading, middle and trailing empty rows
+    X[-1, :] = 0
+    X = X.tocsr()
+    X.eliminate_zeros()
+    expected = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    np.testing.assert_array_equal(_row_ids(X, np), expected)
+    assert _row_ids(X[:1], np).tolist() == [0] * X[:1].nnz
+    assert _row_ids(sp.csr_matrix((4, 5), dtype=np.float32), np).size == 0
+
+
+@pytest.mark.parametrize("block", ["_sctop_block", "_lognorm_block"])
+def test_generic_blocks_take_blocks_without_stored_values(block):
+    import gpulin.transforms as T
+
+    empty = sp.csr_matrix((6, 10), dtype=np.float32)
+    args = (10,) if block == "_sctop_block" else (1e4,)
+    d, c, n_empty = getattr(T, block)(empty, *args, CPU)
+    assert d.size == 0 and n_empty == 6 and not c.any()

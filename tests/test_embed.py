@@ -178,3 +178,18 @@ def test_cpu_and_gpu_agree_and_gpu_input_stays_on_gpu():
     x, y = a.obsm["X_gpulin"], b.obsm["X_gpulin"]
     np.testing.assert_allclose(np.abs(np.sum(x * y, 0)) / np.sum(x * x, 0), 1.0, atol=1e-3)
     assert isinstance(y, np.ndarray) and cp.get_default_memory_pool() is not None
+
+
+@pytest.mark.gpu
+def test_gpu_takes_integer_counts_and_empty_blocks():
+    """cupyx sparse holds no integer values: int counts are cast on the way; all-empty blocks work."""
+    X = make_adata(n=300, g=400, seed=5).X.tocsr()
+    Xi = X.astype(np.int64)
+    Xi[:40] = 0  # the first block (batch_size=40) has no stored values
+    Xi.eliminate_zeros()
+    for method in ("sctop", "lognorm"):
+        with pytest.warns(UserWarning, match="no counts"):
+            gpu = gpulin.transforms.transform_implicit(Xi, method, device="cuda", batch_size=40).toarray()
+        with pytest.warns(UserWarning, match="no counts"):
+            cpu = gpulin.transforms.transform_implicit(Xi, method, device="cpu", batch_size=40).toarray()
+        np.testing.assert_allclose(gpu, cpu, atol=1e-6)
