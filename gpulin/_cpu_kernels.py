@@ -1,4 +1,4 @@
-"""Compiled CPU kernels (Numba) for the four hot loops of the CPU backend.
+"""Compiled CPU kernels (Numba) for the hot loops of the CPU backend.
 
 Each kernel is the CPU twin of a generic implementation written against the array namespace (the
 code CuPy runs on GPU); ``tests/test_cpu_kernels.py`` checks that every pair agrees. They exist
@@ -11,8 +11,9 @@ nonzeros; ``benchmarks/README.md``):
 * :func:`sctop_rows`: the scTOP transform row by row (a small sort per cell instead of one
   global integer sort, and ``ndtri`` looked up in a table of the 2 G + 2 half-integer ranks
   instead of evaluated per stored value).
-* :func:`column_sums`: per-gene sums of ``S`` and ``S**2`` in one pass instead of three
-  ``bincount`` calls.
+* :func:`lognorm_rows`: library sizes and ``log1p`` in one pass per cell.
+* :func:`column_sums`, :func:`value_counts`: per-gene sums of ``S`` and ``S**2``, and the count
+  checks, in one pass instead of several whole-array NumPy passes.
 
 Parallel loops run over a fixed number of row chunks cut at equal nonzero counts (one per
 thread); every chunk writes its own output rows or its own partial sum, and partial sums are added
@@ -33,6 +34,7 @@ __all__ = [
     "column_sums",
     "csr_matmat",
     "csr_rmatmat_accumulate",
+    "lognorm_rows",
     "panels",
     "sctop_rows",
     "use_threads",
@@ -280,6 +282,35 @@ def sctop_rows(
     empty = np.empty(rows, dtype=np.bool_)
     _sctop(np.asarray(indptr, dtype=np.int64), data, np.int64(n_genes), ztab, bounds, d, c, empty)
     return d, c, int(empty.sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# lognorm, one cell at a time
+# ---------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True, nogil=True)
+def _lognorm(indptr, data, target_sum, bounds, d_out, empty_out):  # pragma: no cover - compiled
+    for ch in prange(bounds.shape[0] - 1):
+        for i in range(bounds[ch], bounds[ch + 1]):
+            lib = 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                lib += np.float64(data[p])
+            empty_out[i] = lib == 0
+            factor = target_sum / lib if lib > 0 else 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                d_out[p] = np.float32(np.log1p(np.float64(data[p]) * factor))
+
+
+def lognorm_rows(indptr: np.ndarray, data: np.ndarray, target_sum: float, threads: int) -> tuple[np.ndarray, int]:
+    """``log1p(x / sum(x) * target_sum)`` of one CSR block: ``(values float32 (nnz,), n_empty)``.
+
+    CPU twin of the generic ``transforms._lognorm_block`` (library sizes summed in float64).
+    """
+    threads = use_threads(threads)
+    rows = len(indptr) - 1
+    d = np.empty(int(indptr[-1]), dtype=np.float32)
+    empty = np.empty(rows, dtype=np.bool_)
+    _lognorm(np.asarray(indptr, dtype=np.int64), data, float(target_sum), chunk_bounds(indptr, threads * 4), d, empty)
+    return d, int(empty.sum())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -246,6 +246,34 @@ def pca(
     )
 
 
+#: The sketch-side Gram shortcut of ``solver="sklearn"`` forms an (s x s) float64 matrix, s the
+#: smaller side; never above this size.
+SKETCH_GRAM_MAX_SIDE = 4096
+#: Dense GEMM flops (Gram matrix from dense row tiles) are worth this many sparse-product flops.
+DENSE_FLOP_ADVANTAGE = 8.0
+
+
+def _sketch_gram_is_cheaper(op: Any, side: int, l: int, n_iter: int) -> bool:
+    """Whether forming the sketch-side Gram matrix beats ``2 n_iter + 2`` passes over ``op``."""
+    n, G = op.shape
+    if side > SKETCH_GRAM_MAX_SIDE:
+        return False
+    S = getattr(op, "S", None)
+    nnz = S.nnz * (G / max(1, S.n_genes)) if S is not None else n * G
+    passes = (2 * n_iter + 2) * 2.0 * nnz * l
+    return n * G * side <= DENSE_FLOP_ADVANTAGE * passes
+
+
+def _qr64(Y: Any, xp: Any) -> tuple[Any, Any]:
+    """Householder QR of a tall ``Y`` in float64 (reduced), on ``Y``'s device."""
+    return xp.linalg.qr(Y.astype(xp.float64))
+
+
+def _well_conditioned(R: Any) -> bool:
+    d = np.abs(np.diag(np.asarray(to_host(R))))
+    return bool(d.size and d.min() > 1e-7 * d.max())
+
+
 def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int) -> PCAResult:
     """scikit-learn's ``randomized_svd`` (as ``PCA(svd_solver="randomized")`` calls it) on ``op``.
 
@@ -254,13 +282,20 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int)
     applies ``n_iter`` rounds of ``M @``, ``M.T @`` (LU-normalized), orthonormalizes ``M @ Q`` and
     takes the SVD of ``Q.T @ M``. LU and CholeskyQR2 normalizations span the same column spaces,
     so the subspaces agree up to rounding.
+
+    When the sketched side ``s = M.shape[1]`` is small (a few thousand cells, as in per-split
+    classifier fits) the rounds are run on the Gram matrix ``H = M.T M`` (s x s, from dense row
+    tiles, float64): ``n_iter`` rounds span ``H^n_iter Omega``, exactly the space of the two
+    products per round, and ``Q.T M`` follows from ``H`` too, so the whole fit makes one pass
+    over ``op`` besides forming ``H`` (chosen when that is cheaper, :func:`_sketch_gram_is_cheaper`).
     """
     xp = op.backend.xp
     n, G = op.shape
     l = min(k + n_oversamples, n, G)
     transpose = n < G
+    side = n if transpose else G
     rng = np.random.RandomState(seed)
-    omega = xp.asarray(rng.normal(size=(n if transpose else G, l)).astype(np.float32))
+    omega = rng.normal(size=(side, l))
     # forward = M @ . ; backward = M.T @ .
     if transpose:
         forward = lambda Q: op.rmatmat(Q).astype(xp.float32)  # noqa: E731
@@ -268,28 +303,45 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int)
     else:
         forward = op.matmat
         backward = lambda Q: op.rmatmat(Q).astype(xp.float32)  # noqa: E731
-    Q = omega
-    for _ in range(n_iter):
-        Q = orthonormalize(forward(Q), xp, passes=1)
-        Q = orthonormalize(backward(Q), xp, passes=1)
-    Q = orthonormalize(forward(Q), xp)
+    C = Bt = None
+    if _sketch_gram_is_cheaper(op, side, l, n_iter):
+        H = op.gram_cells() if transpose else op.gram()  # (side, side) float64 = M.T @ M
+        Qs = xp.asarray(omega)
+        for _ in range(n_iter):
+            Qs, _ = _qr64(H @ Qs, xp)
+        Y = op.rmatmat(Qs.astype(xp.float32)) if transpose else op.matmat(Qs.astype(xp.float32))
+        Q, R = _qr64(Y, xp)
+        if _well_conditioned(R):
+            # Y = M Qs = Q R, so M.T Q = M.T M Qs R^-1 = H Qs R^-1: C (transposed) or Bt.
+            HQs = np.asarray(to_host(H @ Qs))
+            X = xp.asarray(scipy.linalg.solve_triangular(np.asarray(to_host(R)).T, HQs.T, lower=True).T)
+            C, Bt = (X, None) if transpose else (None, X)
+        del H
+    else:
+        Q = xp.asarray(omega.astype(np.float32))
+        for _ in range(n_iter):
+            Q = orthonormalize(forward(Q), xp, passes=1)
+            Q = orthonormalize(backward(Q), xp, passes=1)
+        Q = orthonormalize(forward(Q), xp)
     if transpose:
         # Q spans genes; C = A Q = (Q^T M)^T, so SVD(B) = Uh s Vt gives C = Vt^T s Uh^T.
-        C = op.matmat(Q)
+        if C is None:
+            C = op.matmat(Q)
         evals, Uh = np.linalg.eigh(_gram64(C, xp))
         evals, Uh = evals[::-1][:k], Uh[:, ::-1][:, :k]
         sv = np.sqrt(np.maximum(evals, 0.0))
         components = np.asarray(to_host(Q.astype(xp.float64) @ xp.asarray(Uh))).T.copy()
-        scores = C @ xp.asarray(Uh.astype(np.float32))
+        scores = (C @ xp.asarray(Uh.astype(C.dtype))).astype(xp.float32)
     else:
         # Q spans cells; Bt = A^T Q = B^T, B = Uh s Vt.
-        Bt = op.rmatmat(Q)
+        if Bt is None:
+            Bt = op.rmatmat(Q)
         evals, Uh = np.linalg.eigh(np.asarray(to_host(Bt.T @ Bt)))
         evals, Uh = evals[::-1][:k], Uh[:, ::-1][:, :k]
         sv = np.sqrt(np.maximum(evals, 0.0))
         safe = np.where(sv > 0, sv, 1.0)
         components = np.asarray(to_host(Bt @ xp.asarray(Uh / safe))).T.copy()
-        scores = Q @ xp.asarray((Uh * sv).astype(np.float32))
+        scores = (Q @ xp.asarray((Uh * sv).astype(Q.dtype))).astype(xp.float32)
     signs = _flip_signs(components)
     components *= signs[:, None]
     scores = scores * xp.asarray(signs.astype(np.float32))

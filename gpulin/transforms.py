@@ -232,20 +232,23 @@ def transform_implicit(
     xp = backend.xp
     c_all = xp.empty(n, dtype=xp.float64)
 
-    use_kernels = not backend.is_gpu and method == "sctop"
+    use_kernels = not backend.is_gpu
     if use_kernels:
         from . import _cpu_kernels
 
-        ztab = _cpu_kernels.ztable(G)
+        ztab = _cpu_kernels.ztable(G) if method == "sctop" else None
         workers = cpu_workers()
 
     def one(b: int) -> tuple[Any, int]:
         start, stop = int(bounds[b]), int(bounds[b + 1])
         try:
             blk = _block_view(csr, indptr_host, start, stop, backend)
-            if use_kernels:
+            if use_kernels and method == "sctop":
                 # CPU twin of _sctop_block (tests/test_cpu_kernels.py): a sort per cell, in threads.
                 vals, c, ne = _cpu_kernels.sctop_rows(blk.indptr, blk.data, G, workers, ztab)
+            elif use_kernels:
+                vals, ne = _cpu_kernels.lognorm_rows(blk.indptr, blk.data, float(target_sum), workers)
+                c = np.zeros(stop - start, dtype=np.float64)
             elif method == "sctop":
                 vals, c, ne = _sctop_block(blk, G, backend)
             else:

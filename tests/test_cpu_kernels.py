@@ -152,3 +152,16 @@ def test_generic_blocks_take_blocks_without_stored_values(block):
     args = (10,) if block == "_sctop_block" else (1e4,)
     d, c, n_empty = getattr(T, block)(empty, *args, CPU)
     assert d.size == 0 and n_empty == 6 and not c.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_lognorm_rows_equal_generic_block(dtype):
+    from gpulin.transforms import _lognorm_block
+
+    X = _tricky_counts(np.float64)
+    X.data = np.round(X.data).astype(dtype) if dtype is np.int32 else X.data.astype(dtype)
+    vals_gen, c_gen, empty_gen = _lognorm_block(X, 1e4, CPU)
+    for threads in (1, 2):
+        vals, n_empty = K.lognorm_rows(X.indptr, X.data, 1e4, threads)
+        np.testing.assert_allclose(vals, vals_gen, rtol=1e-7, atol=0)
+        assert n_empty == empty_gen and not c_gen.any()

@@ -112,12 +112,19 @@ def test_orthonormalize_rank_deficient_falls_back_to_qr():
     np.testing.assert_allclose(Qw @ (Qw.T @ Yw), Yw, atol=1e-4)
 
 
+@pytest.mark.parametrize("sketch_gram", [True, False], ids=["gram-rounds", "product-rounds"])
 @pytest.mark.parametrize("shape", [(240, 400), (500, 150)], ids=["fewer-cells", "fewer-genes"])
-def test_sklearn_solver_reproduces_sklearn_randomized_pca(shape):
-    """Same subspace, singular values and fit_transform scores as scikit-learn's randomized PCA."""
+def test_sklearn_solver_reproduces_sklearn_randomized_pca(shape, sketch_gram, monkeypatch):
+    """Same subspace, singular values and fit_transform scores as scikit-learn's randomized PCA,
+    with the power rounds run as products over the matrix or on the sketch-side Gram matrix."""
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
+    import gpulin.pca as pca_module
+
+    calls = []
+    real = pca_module._sketch_gram_is_cheaper
+    monkeypatch.setattr(pca_module, "_sketch_gram_is_cheaper", lambda *a: calls.append(real(*a)) or sketch_gram)
     n, g = shape
     S = gpulin.sctop_transform(make_counts(n, g, seed=5), batch_size=97)
     op = StandardizedOperator(S, GeneScaling.fit(S))
@@ -129,6 +136,7 @@ def test_sklearn_solver_reproduces_sklearn_randomized_pca(shape):
     cos = np.abs(np.sum(res.components * ref.components_, axis=1))
     assert cos.min() > 1 - 1e-5
     np.testing.assert_allclose(np.abs(np.asarray(res.scores)), np.abs(scores), atol=1e-4 * np.abs(scores).max())
+    assert calls == [True]  # the cost rule picks the Gram rounds at this size
     # The exact solution differs in the trailing components: the test is not vacuous.
     exact = pca(op, k, solver="gram")
     assert np.abs(exact.singular_values / ref.singular_values_ - 1).max() > 1e-3
@@ -155,3 +163,18 @@ def test_threaded_sparse_products_match_materialized_operator(with_genes):
         np.testing.assert_allclose(rm, A.T @ U, rtol=1e-4, atol=1e-4 * np.abs(A.T @ U).max())
         results.append((mm, rm))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6, atol=1e-6)
+
+
+def test_sklearn_solver_gram_rounds_with_a_rank_deficient_sketch():
+    """l = n cells: the sketch is rank-deficient (centred data has rank n - 1); the Gram rounds fall
+    back to a product for the last step and still match scikit-learn."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    S = gpulin.sctop_transform(make_counts(40, 400, seed=6))
+    op = StandardizedOperator(S, GeneScaling.fit(S))
+    res = pca(op, 30, solver="sklearn", seed=1)
+    ref = PCA(30, svd_solver="randomized", random_state=1).fit(StandardScaler().fit_transform(S.toarray().astype(np.float64)))
+    np.testing.assert_allclose(res.singular_values, ref.singular_values_, rtol=1e-4)
+    cos = np.abs(np.sum(res.components * ref.components_, axis=1))
+    assert cos.min() > 1 - 1e-4
