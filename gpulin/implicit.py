@@ -412,6 +412,18 @@ class StandardizedOperator:
             acc += (t.T @ t).astype(xp.float64)
         return acc
 
+    def dense(self, max_bytes: int) -> Any | None:
+        """The whole standardized matrix ``A`` as a dense float32 (n_cells, n_genes) array on device,
+        or None when it would take more than ``max_bytes`` (for small matrices only: a per-split
+        classifier fit of a few thousand cells, where dense GEMMs beat sparse passes)."""
+        n, g = self.shape
+        if n * g * 4 > max_bytes:
+            return None
+        out = self.backend.xp.empty((n, g), dtype=self.backend.xp.float32)
+        for start, stop, blk, cb in self._tiles():
+            out[start:stop] = self.tile(blk, cb)
+        return out
+
     def gram_cells(self) -> Any:
         """``A @ A.T`` (n_cells x n_cells, float64) from pairs of dense row tiles (few cells only)."""
         xp = self.backend.xp

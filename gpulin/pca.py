@@ -251,6 +251,8 @@ def pca(
 SKETCH_GRAM_MAX_SIDE = 4096
 #: Dense GEMM flops (Gram matrix from dense row tiles) are worth this many sparse-product flops.
 DENSE_FLOP_ADVANTAGE = 8.0
+#: ... and the Gram shortcut materializes the standardized matrix (float32) when it fits in this.
+DENSE_SKETCH_BYTES = 256 << 20
 
 
 def _sketch_gram_is_cheaper(op: Any, side: int, l: int, n_iter: int) -> bool:
@@ -265,8 +267,25 @@ def _sketch_gram_is_cheaper(op: Any, side: int, l: int, n_iter: int) -> bool:
 
 
 def _qr64(Y: Any, xp: Any) -> tuple[Any, Any]:
-    """Householder QR of a tall ``Y`` in float64 (reduced), on ``Y``'s device."""
-    return xp.linalg.qr(Y.astype(xp.float64))
+    """Reduced QR of a tall ``Y`` in float64 on ``Y``'s device: ``(Q, R)`` with ``Y = Q R``.
+
+    CholeskyQR2 (two Gram + Cholesky passes, GEMMs only) when ``Y`` is well conditioned,
+    Householder otherwise.
+    """
+    Y = Y.astype(xp.float64)
+    Q, R = Y, None
+    for _ in range(2):
+        gram = np.asarray(to_host(Q.T @ Q))
+        try:
+            Rk = np.linalg.cholesky(gram).T
+        except np.linalg.LinAlgError:
+            return xp.linalg.qr(Y)
+        d = np.abs(np.diag(Rk))
+        if not d.min() > 1e-5 * d.max():
+            return xp.linalg.qr(Y)
+        Q = Q @ xp.asarray(scipy.linalg.solve_triangular(Rk, np.eye(Rk.shape[0]), lower=False))
+        R = Rk if R is None else Rk @ R
+    return Q, xp.asarray(R)
 
 
 def _well_conditioned(R: Any) -> bool:
@@ -305,11 +324,22 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int)
         backward = lambda Q: op.rmatmat(Q).astype(xp.float32)  # noqa: E731
     C = Bt = None
     if _sketch_gram_is_cheaper(op, side, l, n_iter):
-        H = op.gram_cells() if transpose else op.gram()  # (side, side) float64 = M.T @ M
+        # H = M.T @ M (side x side, float64), from the dense matrix when it is small, else from
+        # pairs of dense row tiles.
+        T = op.dense(DENSE_SKETCH_BYTES) if hasattr(op, "dense") else None
+        if T is not None:
+            H = (T @ T.T if transpose else T.T @ T).astype(xp.float64)
+        else:
+            H = op.gram_cells() if transpose else op.gram()
         Qs = xp.asarray(omega)
         for _ in range(n_iter):
-            Qs, _ = _qr64(H @ Qs, xp)
-        Y = op.rmatmat(Qs.astype(xp.float32)) if transpose else op.matmat(Qs.astype(xp.float32))
+            Qs, _ = xp.linalg.qr(H @ Qs)  # Householder: H squares the conditioning
+        Q32 = Qs.astype(xp.float32)
+        if T is not None:
+            Y = T.T @ Q32 if transpose else T @ Q32
+            del T
+        else:
+            Y = op.rmatmat(Q32) if transpose else op.matmat(Q32)
         Q, R = _qr64(Y, xp)
         if _well_conditioned(R):
             # Y = M Qs = Q R, so M.T Q = M.T M Qs R^-1 = H Qs R^-1: C (transposed) or Bt.
