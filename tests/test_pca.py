@@ -178,3 +178,17 @@ def test_sklearn_solver_gram_rounds_with_a_rank_deficient_sketch():
     np.testing.assert_allclose(res.singular_values, ref.singular_values_, rtol=1e-4)
     cos = np.abs(np.sum(res.components * ref.components_, axis=1))
     assert cos.min() > 1 - 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(240, 400), (500, 150)], ids=["fewer-cells", "fewer-genes"])
+def test_sklearn_solver_cpu_and_gpu_agree(shape):
+    """solver='sklearn' (Gram rounds at this size) gives the same components on CPU and GPU."""
+    X = make_counts(*shape, seed=5)
+    out = {}
+    for device in ("cpu", "cuda"):
+        S = gpulin.transforms.transform_implicit(X, "sctop", device=device)
+        out[device] = pca(StandardizedOperator(S, GeneScaling.fit(S)), 30, solver="sklearn", seed=3)
+    np.testing.assert_allclose(out["cuda"].singular_values, out["cpu"].singular_values, rtol=1e-5)
+    cos = np.abs(np.sum(out["cuda"].components * out["cpu"].components, axis=1))
+    assert cos.min() > 1 - 1e-5
