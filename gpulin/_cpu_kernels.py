@@ -225,6 +225,7 @@ def _sctop(indptr, data, n_genes, ztab, bounds, d_out, c_out, empty_out):  # pra
             base = 2 * (n_genes - m) + 2
             n_zero_like = 0
             norm2 = 0.0
+            zs = np.empty(m, dtype=np.float64)  # z of each sorted position (0 in the zero group)
             gs = 0
             while gs < m:
                 key = keys[order[gs]]
@@ -233,10 +234,12 @@ def _sctop(indptr, data, n_genes, ztab, bounds, d_out, c_out, empty_out):  # pra
                     ge += 1
                 if key == one:
                     n_zero_like += ge - gs + 1
+                    z = 0.0
                 else:
                     z = ztab[base + gs + ge]
-                    for q in range(gs, ge + 1):
-                        norm2 += z * z
+                for q in range(gs, ge + 1):
+                    zs[q] = z
+                    norm2 += z * z
                 gs = ge + 1
             n0 = (n_genes - m) + n_zero_like
             z0 = ztab[n0 + 1]
@@ -249,19 +252,9 @@ def _sctop(indptr, data, n_genes, ztab, bounds, d_out, c_out, empty_out):  # pra
                 empty_out[i] = False
             c = z0 * inv
             c_out[i] = c
-            gs = 0
-            while gs < m:
-                key = keys[order[gs]]
-                ge = gs
-                while ge + 1 < m and keys[order[ge + 1]] == key:
-                    ge += 1
-                if key == one:
-                    v = np.float32(0.0)
-                else:
-                    v = np.float32(ztab[base + gs + ge] * inv - c)
-                for q in range(gs, ge + 1):
-                    d_out[p0 + order[q]] = v
-                gs = ge + 1
+            for q in range(m):
+                pos = p0 + order[q]
+                d_out[pos] = np.float32(0.0) if keys[order[q]] == one else np.float32(zs[q] * inv - c)
 
 
 def sctop_rows(
