@@ -23,10 +23,17 @@ when a kernel is first used (compiled once, then cached on disk).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import scipy.special
 from numba import get_num_threads, njit, prange, set_num_threads
 from numba import config as _numba_config
+
+#: One kernel launch at a time: each launch already uses every thread, and Numba's fallback
+#: threading layer ("workqueue", used where neither OpenMP nor TBB is available) aborts the process
+#: when two Python threads launch parallel kernels at once.
+_LAUNCH = threading.Lock()
 
 __all__ = [
     "PANEL",
@@ -128,7 +135,8 @@ def csr_matmat(
     """
     use_threads(threads)
     bounds = chunk_bounds(indptr, max(1, threads))
-    _matmat(indptr, indices, data, Wp, out.shape[1], row_const, colsum, shift, bounds, out)
+    with _LAUNCH:
+        _matmat(indptr, indices, data, Wp, out.shape[1], row_const, colsum, shift, bounds, out)
     return out
 
 
@@ -159,7 +167,8 @@ def csr_rmatmat_accumulate(
     """
     use_threads(partials.shape[0])
     bounds = chunk_bounds(indptr, partials.shape[0])
-    _rmatmat(indptr, indices, data, U, bounds, partials)
+    with _LAUNCH:
+        _rmatmat(indptr, indices, data, U, bounds, partials)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +195,8 @@ def column_sums(
     threads = use_threads(threads)
     bounds = chunk_bounds(indptr, threads)
     partials = np.zeros((threads, 2, n_genes), dtype=np.float64)
-    _column_sums(indptr, indices, data, np.asarray(row_const, dtype=np.float64), bounds, partials)
+    with _LAUNCH:
+        _column_sums(indptr, indices, data, np.asarray(row_const, dtype=np.float64), bounds, partials)
     total = partials[0].copy()
     for t in range(1, threads):
         total += partials[t]
@@ -273,7 +283,8 @@ def sctop_rows(
     d = np.empty(int(indptr[-1]), dtype=np.float32)
     c = np.empty(rows, dtype=np.float64)
     empty = np.empty(rows, dtype=np.bool_)
-    _sctop(np.asarray(indptr, dtype=np.int64), data, np.int64(n_genes), ztab, bounds, d, c, empty)
+    with _LAUNCH:
+        _sctop(np.asarray(indptr, dtype=np.int64), data, np.int64(n_genes), ztab, bounds, d, c, empty)
     return d, c, int(empty.sum())
 
 
@@ -302,7 +313,8 @@ def lognorm_rows(indptr: np.ndarray, data: np.ndarray, target_sum: float, thread
     rows = len(indptr) - 1
     d = np.empty(int(indptr[-1]), dtype=np.float32)
     empty = np.empty(rows, dtype=np.bool_)
-    _lognorm(np.asarray(indptr, dtype=np.int64), data, float(target_sum), chunk_bounds(indptr, threads * 4), d, empty)
+    with _LAUNCH:
+        _lognorm(np.asarray(indptr, dtype=np.int64), data, float(target_sum), chunk_bounds(indptr, threads * 4), d, empty)
     return d, int(empty.sum())
 
 
@@ -334,6 +346,7 @@ def value_counts(data: np.ndarray, threads: int) -> tuple[int, int, int]:
     parts = threads * 4
     bounds = np.linspace(0, data.size, parts + 1).astype(np.int64)
     out = np.zeros((parts, 3), dtype=np.int64)
-    _value_counts(data.ravel(), bounds, out)
+    with _LAUNCH:
+        _value_counts(data.ravel(), bounds, out)
     n_bad, n_neg, n_frac = (int(v) for v in out.sum(axis=0))
     return n_bad, n_neg, n_frac

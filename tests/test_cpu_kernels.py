@@ -165,3 +165,16 @@ def test_lognorm_rows_equal_generic_block(dtype):
         vals, n_empty = K.lognorm_rows(X.indptr, X.data, 1e4, threads)
         np.testing.assert_allclose(vals, vals_gen, rtol=1e-7, atol=0)
         assert n_empty == empty_gen and not c_gen.any()
+
+
+def test_kernels_can_be_called_from_several_python_threads():
+    """Launches are serialized: concurrent callers (e.g. a thread pool of embeddings) get the
+    serial result, whatever Numba threading layer is in use."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    X = _tricky_counts()
+    expected = K.sctop_rows(X.indptr, X.data, X.shape[1], 2)[0]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: K.sctop_rows(X.indptr, X.data, X.shape[1], 2)[0], range(8)))
+    for d in results:
+        np.testing.assert_array_equal(d, expected)
