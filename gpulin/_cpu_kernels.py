@@ -2,23 +2,25 @@
 
 Each kernel is the CPU twin of a generic implementation written against the array namespace (the
 code CuPy runs on GPU); ``tests/test_cpu_kernels.py`` checks that every pair agrees. They exist
-because they were measured to matter (2-core x86-64 CPU, 20,000 x 20,000 synthetic atlas, 21.8M
-nonzeros; ``benchmarks/README.md``):
+because they were measured to matter (2-core Intel Xeon with AVX-512, 20,000 x 20,000 synthetic
+atlas, 21.8M nonzeros; ``benchmarks/README.md``):
 
 * :func:`csr_matmat` / :func:`csr_rmatmat_accumulate` (``D @ W`` and ``D.T @ U``): SciPy's
-  sparse-times-dense kernel is a scalar loop compiled for generic x86-64; the Numba loop is
-  vectorized for the host CPU. 264 columns: 0.99 s -> 0.64 s and 0.93 s -> 0.67 s per product.
+  sparse-times-dense kernel is a scalar loop compiled for generic x86-64 (run on row chunks in
+  threads before); the Numba loops are vectorized for the host CPU, and ``D @ W`` runs over
+  64-column panels. 264 columns: 0.99 s -> 0.37-0.55 s and 0.93 s -> 0.6-0.7 s per product.
 * :func:`sctop_rows`: the scTOP transform row by row (a small sort per cell instead of one
   global integer sort, and ``ndtri`` looked up in a table of the 2 G + 2 half-integer ranks
-  instead of evaluated per stored value).
+  instead of evaluated per stored value): bit-identical output, 1.1 s -> 0.35 s.
 * :func:`lognorm_rows`: library sizes and ``log1p`` in one pass per cell.
 * :func:`column_sums`, :func:`value_counts`: per-gene sums of ``S`` and ``S**2``, and the count
-  checks, in one pass instead of several whole-array NumPy passes.
+  checks, in one pass instead of several whole-array NumPy passes (0.4 s -> 0.02 s).
 
-Parallel loops run over a fixed number of row chunks cut at equal nonzero counts (one per
-thread); every chunk writes its own output rows or its own partial sum, and partial sums are added
-in chunk order, so results are deterministic for a given thread count. Numba is imported only
-when a kernel is first used (compiled once, then cached on disk).
+Parallel loops run over a fixed number of row chunks cut at equal nonzero counts; every chunk
+writes its own output rows or its own partial sum, and partial sums are added in chunk order, so
+results are deterministic for a given thread count. Launches are serialized (:data:`_LAUNCH`).
+Callers import this module (and with it Numba) only when a kernel is first needed; kernels are
+compiled on first use and cached on disk.
 """
 
 from __future__ import annotations

@@ -30,9 +30,10 @@ import numpy as np
 from ._backend import Backend, to_host
 
 #: Matrices denser than this are multiplied as dense row tiles (GEMM beats sparse-times-dense
-#: there). On GPU (cuBLAS vs cuSPARSE) the crossover is assumed low; on CPU it was measured
-#: (benchmarks/README.md): SciPy's sparse product on row chunks in threads matches OpenBLAS GEMM on
-#: dense tiles at ~10% nonzeros (Baron, 9.3%: 0.08 s vs 0.10 s) and is 2.2x faster at 5.5%.
+#: there). On GPU (cuBLAS vs cuSPARSE) the crossover is assumed low; on CPU it was measured: the
+#: compiled sparse kernels (gpulin._cpu_kernels) and OpenBLAS GEMM on a cached dense tile take
+#: about the same time for A @ V plus A.T @ U at ~10% nonzeros (1,500 Baron cells at 9.3%, 230
+#: columns: 0.28 s sparse vs 0.27 s dense), and sparse wins below.
 TILE_DENSITY = 0.01
 TILE_DENSITY_CPU = 0.10
 #: CPU ``A.T @ U`` sums at most this many cells in float32 before adding to the float64 total.
