@@ -293,6 +293,42 @@ def _well_conditioned(R: Any) -> bool:
     return bool(d.size and d.min() > 1e-7 * d.max())
 
 
+def _rounds_on_sketch_gram(op: Any, omega: np.ndarray, transpose: bool, n_iter: int) -> tuple[Any, Any | None]:
+    """scikit-learn's power rounds on ``H = M.T @ M`` (the sketched side's Gram matrix).
+
+    ``n_iter`` rounds of ``M @`` then ``M.T @`` span ``H^n_iter Omega``; the last step is
+    ``Q R = M Qs`` (the one pass over the data), and ``M.T @ Q = H Qs R^-1`` needs no second one.
+    ``H`` comes from the dense standardized matrix when that fits in :data:`DENSE_SKETCH_BYTES`,
+    else from pairs of dense row tiles.
+
+    Returns
+    -------
+    Q : (big side, l) float64, orthonormal
+    MtQ : (small side, l) float64 ``M.T @ Q``, or None when ``R`` is ill-conditioned (a
+        rank-deficient sketch): the caller then computes it with a pass over the data.
+    """
+    xp = op.backend.xp
+    T = op.dense(DENSE_SKETCH_BYTES) if hasattr(op, "dense") else None
+    if T is not None:
+        H = (T @ T.T if transpose else T.T @ T).astype(xp.float64)
+    else:
+        H = op.gram_cells() if transpose else op.gram()
+    Qs = xp.asarray(omega)
+    for _ in range(n_iter):
+        Qs, _ = xp.linalg.qr(H @ Qs)  # Householder: H squares the conditioning
+    Q32 = Qs.astype(xp.float32)
+    if T is not None:
+        Y = T.T @ Q32 if transpose else T @ Q32
+        del T
+    else:
+        Y = op.rmatmat(Q32) if transpose else op.matmat(Q32)
+    Q, R = _qr64(Y, xp)
+    if not _well_conditioned(R):
+        return Q, None
+    HQs = np.asarray(to_host(H @ Qs))
+    return Q, xp.asarray(scipy.linalg.solve_triangular(np.asarray(to_host(R)).T, HQs.T, lower=True).T)
+
+
 def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int) -> PCAResult:
     """scikit-learn's ``randomized_svd`` (as ``PCA(svd_solver="randomized")`` calls it) on ``op``.
 
@@ -324,29 +360,8 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int)
         backward = lambda Q: op.rmatmat(Q).astype(xp.float32)  # noqa: E731
     C = Bt = None
     if _sketch_gram_is_cheaper(op, side, l, n_iter):
-        # H = M.T @ M (side x side, float64), from the dense matrix when it is small, else from
-        # pairs of dense row tiles.
-        T = op.dense(DENSE_SKETCH_BYTES) if hasattr(op, "dense") else None
-        if T is not None:
-            H = (T @ T.T if transpose else T.T @ T).astype(xp.float64)
-        else:
-            H = op.gram_cells() if transpose else op.gram()
-        Qs = xp.asarray(omega)
-        for _ in range(n_iter):
-            Qs, _ = xp.linalg.qr(H @ Qs)  # Householder: H squares the conditioning
-        Q32 = Qs.astype(xp.float32)
-        if T is not None:
-            Y = T.T @ Q32 if transpose else T @ Q32
-            del T
-        else:
-            Y = op.rmatmat(Q32) if transpose else op.matmat(Q32)
-        Q, R = _qr64(Y, xp)
-        if _well_conditioned(R):
-            # Y = M Qs = Q R, so M.T Q = M.T M Qs R^-1 = H Qs R^-1: C (transposed) or Bt.
-            HQs = np.asarray(to_host(H @ Qs))
-            X = xp.asarray(scipy.linalg.solve_triangular(np.asarray(to_host(R)).T, HQs.T, lower=True).T)
-            C, Bt = (X, None) if transpose else (None, X)
-        del H
+        Q, MtQ = _rounds_on_sketch_gram(op, omega, transpose, n_iter)
+        C, Bt = (MtQ, None) if transpose else (None, MtQ)
     else:
         Q = xp.asarray(omega.astype(np.float32))
         for _ in range(n_iter):
