@@ -244,8 +244,9 @@ class StandardizedOperator:
         Gene means and scales over all genes of ``S``.
     genes : array of int, optional
         Column subset (e.g. ANOVA-selected genes); ``None`` means all genes.
-    tile_bytes : int
-        Largest dense row tile used when blocks are denser than :data:`TILE_DENSITY`.
+    tile_bytes : int, optional
+        Largest dense row tile used when blocks are denser than :data:`TILE_DENSITY` (default:
+        64 MiB on CPU; on GPU 1 GiB or a sixteenth of free memory, whichever is smaller).
     """
 
     def __init__(
@@ -255,7 +256,7 @@ class StandardizedOperator:
         genes: Any | None = None,
         *,
         dense_tiles: bool | None = None,
-        tile_bytes: int = 64 << 20,
+        tile_bytes: int | None = None,
     ) -> None:
         self.S = S
         self.backend = S.backend
@@ -274,6 +275,11 @@ class StandardizedOperator:
         self.workers = 1 if self.backend.is_gpu else cpu_workers()
         #: CPU sparse products use gpulin._cpu_kernels (their twin is the generic sparse path).
         self.cpu_kernels = not self.backend.is_gpu
+        if tile_bytes is None:
+            # GPU: large tiles (each tile costs a slice, a densification and a GEMM launch; at 1M
+            # cells x 20k genes 64 MiB tiles would mean ~1,200 of them per pass).
+            free = self.backend.free_memory_bytes() if self.backend.is_gpu else None
+            tile_bytes = int(min(1 << 30, free // 16)) if free else 64 << 20
         self.tile_rows = max(1, int(tile_bytes // (4 * max(1, S.n_genes))))
         # A matrix that fits in one tile keeps its dense D between products (the memory of the one
         # tile that products allocate anyway) instead of re-expanding it on every pass.

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._backend import Backend, get_backend, out_of_memory_errors
+from ._backend import CPU, Backend, get_backend, is_gpu_array, out_of_memory_errors, to_host
 from ._validation import as_csr, check_batch_size, check_counts
 from .implicit import SparsePlusRowConstant, _row_ids, cpu_workers
 
@@ -85,14 +85,14 @@ def _block_view(X: Any, indptr_host: np.ndarray, start: int, stop: int, backend:
     p0, p1 = int(indptr_host[start]), int(indptr_host[stop])
     xp = backend.xp
     if backend.is_gpu:
-        from ._backend import is_gpu_array
-
         if is_gpu_array(X):
             indptr = (X.indptr[start : stop + 1] - p0).astype(xp.int32)
             data, indices = X.data[p0:p1], X.indices[p0:p1].astype(xp.int32, copy=False)
-        else:
+        else:  # host counts: this block only goes to the device (integers as float32: cupyx
+            # sparse holds no integer values)
             indptr = xp.asarray((indptr_host[start : stop + 1] - p0).astype(np.int32))
-            data = xp.asarray(X.data[p0:p1])
+            data = X.data[p0:p1]
+            data = xp.asarray(data, dtype=np.float32 if data.dtype.kind in "iub" else data.dtype)
             indices = xp.asarray(X.indices[p0:p1].astype(np.int32, copy=False))
     else:
         data, indices = X.data[p0:p1], X.indices[p0:p1]
@@ -221,13 +221,17 @@ def transform_implicit(
         raise ValueError(f"Unknown method {method!r}; expected one of {METHODS}.")
     backend = get_backend(device)
     batch_size = check_batch_size(batch_size)
-    csr = as_csr(X, backend)
+    # Counts already on the GPU are used there; host counts stay on the host and each row block
+    # is copied to the device in turn (device memory holds the result, not a copy of the input,
+    # and an indptr beyond 2^31 never has to exist on the device).
+    where = backend if is_gpu_array(X) else CPU
+    csr = as_csr(X, where)
     if check:
-        check_counts(csr, backend, method=method)
+        check_counts(csr, where, method=method)
     if method == "lognorm" and not (np.isfinite(target_sum) and target_sum > 0):
         raise ValueError(f"target_sum must be a positive number, got {target_sum!r}.")
     n, G = csr.shape
-    indptr_host = np.asarray(csr.indptr.get() if backend.is_gpu else csr.indptr, dtype=np.int64)
+    indptr_host = np.asarray(to_host(csr.indptr), dtype=np.int64)
     bounds = plan_row_blocks(indptr_host, G, backend, batch_size)
     xp = backend.xp
     c_all = xp.empty(n, dtype=xp.float64)
