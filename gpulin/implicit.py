@@ -101,21 +101,22 @@ class SparsePlusRowConstant:
             xp = self.backend.xp
             s1 = xp.zeros(self.n_genes, dtype=xp.float64)
             s2 = xp.zeros(self.n_genes, dtype=xp.float64)
-            for _, _, blk, cb in self.iter_blocks():
-                if not self.backend.is_gpu:
-                    from ._cpu_kernels import column_sums  # CPU twin of the three bincounts below
+            if not self.backend.is_gpu:
+                from ._cpu_kernels import column_sums  # CPU twin of the three bincounts below
 
+                for _, _, blk, cb in self.iter_blocks():
                     a, b = column_sums(blk.indptr, blk.indices, blk.data, cb, self.n_genes, cpu_workers())
                     s1 += a
                     s2 += b
-                    continue
-                if blk.nnz == 0:  # (CuPy's bincount fails on empty input)
-                    continue
-                d = blk.data.astype(xp.float64)
-                s1 += xp.bincount(blk.indices, weights=d, minlength=self.n_genes)
-                s2 += xp.bincount(blk.indices, weights=d * d, minlength=self.n_genes)
-                row = _row_ids(blk, xp)
-                s2 += 2.0 * xp.bincount(blk.indices, weights=d * cb[row], minlength=self.n_genes)
+            else:
+                for _, _, blk, cb in self.iter_blocks():
+                    if blk.nnz == 0:  # (CuPy's bincount fails on empty input)
+                        continue
+                    d = blk.data.astype(xp.float64)
+                    s1 += xp.bincount(blk.indices, weights=d, minlength=self.n_genes)
+                    s2 += xp.bincount(blk.indices, weights=d * d, minlength=self.n_genes)
+                    row = _row_ids(blk, xp)
+                    s2 += 2.0 * xp.bincount(blk.indices, weights=d * cb[row], minlength=self.n_genes)
             s1 += self.c.sum()
             s2 += (self.c * self.c).sum()
             self._col_stats = (s1, s2)

@@ -68,6 +68,25 @@ def _gram64(Y: Any, xp: Any, block_rows: int = 1 << 16) -> np.ndarray:
 SMALL_QR_SIZE = 1 << 20
 
 
+def _cholesky_qr(Y: Any, xp: Any, passes: int, rtol: float = 1e-6) -> tuple[Any, np.ndarray] | None:
+    """``passes`` rounds of CholeskyQR: ``(Q, R)`` with ``Y = Q R`` (Q in ``Y``'s dtype on its
+    device, R float64 on the host), or None when ``Y`` is too ill-conditioned for it (Cholesky
+    fails, or the diagonal of a round's R spans more than ``1 / rtol``)."""
+    Q, R = Y, None
+    for _ in range(passes):
+        try:
+            Rk = np.linalg.cholesky(_gram64(Q, xp)).T
+        except np.linalg.LinAlgError:
+            return None
+        d = np.abs(np.diag(Rk))
+        if not d.min() > rtol * d.max():
+            return None
+        Rinv = scipy.linalg.solve_triangular(Rk, np.eye(Rk.shape[0]), lower=False)
+        Q = Q @ xp.asarray(Rinv.astype(Q.dtype))
+        R = Rk if R is None else Rk @ R
+    return Q, R
+
+
 def orthonormalize(Y: Any, xp: Any, passes: int = 2) -> Any:
     """Orthonormal basis (float32) of the columns of a tall ``Y`` by CholeskyQR2.
 
@@ -80,23 +99,10 @@ def orthonormalize(Y: Any, xp: Any, passes: int = 2) -> Any:
     """
     if xp is np and Y.size <= SMALL_QR_SIZE:
         return np.linalg.qr(np.asarray(Y, dtype=np.float64))[0].astype(np.float32)
-    Q = Y
-    for _ in range(passes):
-        gram = _gram64(Q, xp)
-        d = np.sqrt(np.maximum(np.diag(gram), 0.0))
-        try:
-            if not np.all(d > 0) or d.min() < 1e-6 * d.max():
-                raise np.linalg.LinAlgError("near rank-deficient")
-            R = np.linalg.cholesky(gram).T
-            cond = np.abs(np.diag(R))
-            if cond.min() < 1e-6 * cond.max():
-                raise np.linalg.LinAlgError("ill-conditioned")
-            Rinv = scipy.linalg.solve_triangular(R, np.eye(R.shape[0]), lower=False)
-        except np.linalg.LinAlgError:
-            q, _ = xp.linalg.qr(Y.astype(xp.float64))
-            return q.astype(xp.float32)
-        Q = Q @ xp.asarray(Rinv.astype(np.float32))
-    return Q
+    qr = _cholesky_qr(Y, xp, passes)
+    if qr is None:
+        return xp.linalg.qr(Y.astype(xp.float64))[0].astype(xp.float32)
+    return qr[0]
 
 
 def _flip_signs(components: np.ndarray) -> np.ndarray:
@@ -269,23 +275,11 @@ def _sketch_gram_is_cheaper(op: Any, side: int, l: int, n_iter: int) -> bool:
 def _qr64(Y: Any, xp: Any) -> tuple[Any, Any]:
     """Reduced QR of a tall ``Y`` in float64 on ``Y``'s device: ``(Q, R)`` with ``Y = Q R``.
 
-    CholeskyQR2 (two Gram + Cholesky passes, GEMMs only) when ``Y`` is well conditioned,
-    Householder otherwise.
+    CholeskyQR2 (GEMMs only) when ``Y`` is well conditioned, Householder otherwise.
     """
     Y = Y.astype(xp.float64)
-    Q, R = Y, None
-    for _ in range(2):
-        gram = np.asarray(to_host(Q.T @ Q))
-        try:
-            Rk = np.linalg.cholesky(gram).T
-        except np.linalg.LinAlgError:
-            return xp.linalg.qr(Y)
-        d = np.abs(np.diag(Rk))
-        if not d.min() > 1e-5 * d.max():
-            return xp.linalg.qr(Y)
-        Q = Q @ xp.asarray(scipy.linalg.solve_triangular(Rk, np.eye(Rk.shape[0]), lower=False))
-        R = Rk if R is None else Rk @ R
-    return Q, xp.asarray(R)
+    qr = _cholesky_qr(Y, xp, passes=2)
+    return xp.linalg.qr(Y) if qr is None else (qr[0], xp.asarray(qr[1]))
 
 
 def _well_conditioned(R: Any) -> bool:

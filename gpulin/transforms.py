@@ -92,7 +92,7 @@ def _block_view(X: Any, indptr_host: np.ndarray, start: int, stop: int, backend:
             # sparse holds no integer values)
             indptr = xp.asarray((indptr_host[start : stop + 1] - p0).astype(np.int32))
             data = X.data[p0:p1]
-            data = xp.asarray(data, dtype=np.float32 if data.dtype.kind in "iub" else data.dtype)
+            data = xp.asarray(data, dtype=np.float32 if data.dtype.kind in "iu" else data.dtype)
             indices = xp.asarray(X.indices[p0:p1].astype(np.int32, copy=False))
     else:
         data, indices = X.data[p0:p1], X.indices[p0:p1]
