@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ._backend import Backend, to_host
+from ._gpu_kernels import csr_rows_to_dense
 
 #: Matrices denser than this are multiplied as dense row tiles (GEMM beats sparse-times-dense
 #: there). On GPU (cuBLAS vs cuSPARSE) the crossover is assumed low; on CPU it was measured: the
@@ -188,6 +189,18 @@ class SparsePlusRowConstant:
         return total
 
 
+class _RowRange:
+    """Rows ``start:stop`` of a CSR block, densified on demand (no CSR slice is made)."""
+
+    __slots__ = ("blk", "start", "stop")
+
+    def __init__(self, blk: Any, start: int, stop: int) -> None:
+        self.blk, self.start, self.stop = blk, start, stop
+
+    def toarray(self) -> Any:
+        return csr_rows_to_dense(self.blk, self.start, self.stop)
+
+
 def _row_ids(blk: Any, xp: Any) -> Any:
     """Row index (within the block) of each stored value of a CSR block (int64, (nnz,)).
 
@@ -297,16 +310,16 @@ class StandardizedOperator:
             )
 
     # -- dense row tiles ------------------------------------------------------------------------
-    def _tiles(self) -> Iterator[tuple[int, int, Any, Any]]:
+    def _tiles(self) -> Iterator[tuple[int, int, "_RowRange", Any]]:
         for start, stop, blk, cb in self.S.iter_blocks():
             for s in range(0, stop - start, self.tile_rows):
                 e = min(stop - start, s + self.tile_rows)
-                yield start + s, start + e, blk[s:e] if (s, e) != (0, stop - start) else blk, cb[s:e]
+                yield start + s, start + e, _RowRange(blk, s, e), cb[s:e]
 
-    def tile(self, blk: Any, cb: Any) -> Any:
-        """Dense standardized rows ``A[rows]`` (float32) of one block slice."""
+    def tile(self, rows: "_RowRange", cb: Any) -> Any:
+        """Dense standardized rows ``A[rows]`` (float32) of one row range of a block."""
         xp = self.backend.xp
-        dense = blk.toarray()
+        dense = rows.toarray()
         if self.genes is not None:
             dense = dense[:, self.genes]
         dense += cb.astype(xp.float32)[:, None]
@@ -344,13 +357,8 @@ class StandardizedOperator:
         GEMM on a dense row tile of ``D`` when the matrix is dense enough for that to be faster.
         """
         xp = self.backend.xp
-        V = xp.asarray(V)
-        W64 = V.astype(xp.float64) * self.inv_scale[:, None]
-        W = W64.astype(xp.float32)
-        colsum = W64.sum(axis=0).astype(xp.float32)
-        shift = (self.mean @ W64).astype(xp.float32)
-        Wfull = W if self.genes is None else self._select @ W
-        out = xp.empty((self.shape[0], V.shape[1]), dtype=xp.float32)
+        Wfull, colsum, shift = self._scaled_right(V)
+        out = xp.empty((self.shape[0], Wfull.shape[1]), dtype=xp.float32)
         if self._cpu_sparse:
             from ._cpu_kernels import csr_matmat, panels  # CPU twin of the generic loop below
 
@@ -360,11 +368,49 @@ class StandardizedOperator:
                            out[start:stop], self.workers)
             return out
         for start, stop, blk, cb in self._blocks_for_products():
-            res = blk @ Wfull
-            res += cb.astype(xp.float32)[:, None] * colsum[None, :]
-            res -= shift[None, :]
-            out[start:stop] = res
+            out[start:stop] = self._rows_times(blk, cb, Wfull, colsum, shift)
         return out
+
+    def _scaled_right(self, V: Any) -> tuple[Any, Any, Any]:
+        """``W = V / sigma`` (float32, scattered to all genes of ``D``), ``1^T W`` and ``mu^T W``."""
+        xp = self.backend.xp
+        W64 = xp.asarray(V).astype(xp.float64) * self.inv_scale[:, None]
+        W = W64.astype(xp.float32)
+        colsum = W64.sum(axis=0).astype(xp.float32)
+        shift = (self.mean @ W64).astype(xp.float32)
+        return (W if self.genes is None else self._select @ W), colsum, shift
+
+    def _rows_times(self, blk: Any, cb: Any, Wfull: Any, colsum: Any, shift: Any) -> Any:
+        """``A[rows] @ V`` for one row block (CSR or dense tile of ``D``) from :meth:`_scaled_right`."""
+        xp = self.backend.xp
+        res = blk @ Wfull
+        res += cb.astype(xp.float32)[:, None] * colsum[None, :]
+        res -= shift[None, :]
+        return res
+
+    def matmat_rmatmat(self, V: Any) -> tuple[Any, Any]:
+        """``Y = A @ V`` (float32, (n_cells, k)) and ``A.T @ Y`` (float64, (n_genes, k)).
+
+        With dense row tiles both products come from one pass: each tile of ``D`` is densified
+        once for two GEMMs (on a GPU the densification costs about as much as the GEMMs). Sparse
+        blocks take :meth:`matmat` then :meth:`rmatmat`. Power iterations use this with the
+        orthonormalization applied afterwards as a right factor (see :func:`gpulin.pca.pca`).
+        """
+        if not self.dense_tiles:
+            Y = self.matmat(V)
+            return Y, self.rmatmat(Y)
+        xp = self.backend.xp
+        Wfull, colsum, shift = self._scaled_right(V)
+        k = Wfull.shape[1]
+        Y = xp.empty((self.shape[0], k), dtype=xp.float32)
+        acc = xp.zeros((self.S.n_genes, k), dtype=xp.float64)
+        cu = xp.zeros(k, dtype=xp.float64)
+        for start, stop, blk, cb in self._blocks_for_products():
+            Yb = self._rows_times(blk, cb, Wfull, colsum, shift)
+            Y[start:stop] = Yb
+            acc += (blk.T @ Yb).astype(xp.float64)
+            cu += cb @ Yb.astype(xp.float64)
+        return Y, self._finish_rmatmat(acc, cu, Y.astype(xp.float64).sum(axis=0))
 
     def rmatmat(self, U: Any) -> Any:
         """``A.T @ U`` for U of shape (n_cells, k); returns float64 (n_genes, k) on device.
@@ -403,9 +449,12 @@ class StandardizedOperator:
                 acc += (blk.T @ Ub).astype(xp.float64)
                 cu += cb @ Ub.astype(xp.float64)
             U64 = U.astype(xp.float64)
+        return self._finish_rmatmat(acc, cu, U64.sum(axis=0))
+
+    def _finish_rmatmat(self, acc: Any, cu: Any, usum: Any) -> Any:
+        """``(D^T U [selected genes] + 1 (c^T U) - mu (1^T U)) / sigma`` from ``D^T U``, ``c^T U``, ``1^T U``."""
         if self.genes is not None:
             acc = acc[self.genes]
-        usum = U64.sum(axis=0)
         acc += cu[None, :]
         acc -= self.mean[:, None] * usum[None, :]
         acc *= self.inv_scale[:, None]
