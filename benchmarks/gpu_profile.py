@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--n-cells", type=int, default=200_000)
     ap.add_argument("--n-genes", type=int, default=20_000)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--raw-only", action="store_true", help="skip the embed runs; time the primitives only")
     args = ap.parse_args()
 
     import cupy as cp
@@ -60,7 +61,7 @@ def main() -> None:
         (pca_mod, "orthonormalize"), (pca_mod, "_gram64"),
     ]
     originals = [(obj, name, getattr(obj, name)) for obj, name in patches]
-    for label, density in (("dense_tiles", 0.01), ("cusparse", 1.1)):
+    for label, density in () if args.raw_only else (("dense_tiles", 0.01), ("cusparse", 1.1)):
         imp.TILE_DENSITY = density
         for i in range(3):
             acc.clear()
@@ -119,6 +120,32 @@ def main() -> None:
         "spmm_AtU_full": bench(lambda: X.T @ U),
         "sctop_transform": bench(lambda: gpulin.transforms.transform_implicit(X, "sctop", device="cuda"), 3),
         "csr_T_full": bench(lambda: X.T.tocsr()),
+    }
+    # pieces of the generic scTOP block on the first transform block (GPU path of _sctop_block)
+    from gpulin._validation import check_counts
+    from gpulin.implicit import _row_ids
+    from gpulin.transforms import _block_view, _sctop_block, plan_row_blocks
+    from gpulin._backend import get_backend
+
+    be = get_backend("cuda")
+    indptr_h = cp.asnumpy(X.indptr).astype(np.int64)
+    bounds = plan_row_blocks(indptr_h, X.shape[1], be, None)
+    b0 = _block_view(X, indptr_h, int(bounds[0]), int(bounds[1]), be)
+    row = _row_ids(b0, cp)
+    w64 = b0.data.astype(cp.float64)
+    comp = (row << 31) | (b0.data + 1).view(cp.int32).astype(cp.int64)
+    ones_col = cp.zeros(int(b0.nnz), dtype=cp.int32)
+    seg = cusp.csr_matrix((w64, ones_col, b0.indptr), shape=(b0.shape[0], 1))
+    one = cp.ones(1, dtype=cp.float64)
+    raw["transform_parts"] = {
+        "n_blocks": len(bounds) - 1, "block0_nnz": int(b0.nnz),
+        "check_counts": bench(lambda: check_counts(X, be), 3),
+        "sctop_block0": bench(lambda: _sctop_block(b0, X.shape[1], be), 3),
+        "row_ids": bench(lambda: _row_ids(b0, cp), 3),
+        "bincount_f64": bench(lambda: cp.bincount(row, weights=w64, minlength=b0.shape[0]), 3),
+        "segsum_spmv": bench(lambda: seg @ one, 3),
+        "argsort_i64": bench(lambda: cp.argsort(comp), 3),
+        "cumsum_f64": bench(lambda: cp.cumsum(w64), 3),
     }
     result["raw"] = raw
     print("raw", json.dumps(raw), flush=True)
