@@ -7,6 +7,9 @@
   a zero fill plus one warp per row scattering its values runs at memory speed. The CPU twin is
   SciPy's ``toarray`` of the row slice; ``tests/test_gpu_kernels.py`` checks they agree.
 
+* :func:`csr_row_sums`: per-row sums of values laid out by a CSR row pointer (library sizes and
+  norms of the per-cell transforms), one warp per row instead of contended atomic additions.
+
 Kernels compile on first use (NVRTC, cached by CuPy); importing this module needs no GPU.
 """
 
@@ -32,6 +35,57 @@ extern "C" __global__ void scatter_rows(const int* __restrict__ indptr, const in
     for (int p = indptr[r] + lane; p < stop; p += 32) atomicAdd(dst + indices[p], data[p]);  // duplicates sum, as in SciPy
 }
 """
+
+
+_ROW_SUMS = r"""
+extern "C" __global__ void row_sums_{name}(const {ctype}* __restrict__ values, const int* __restrict__ indptr,
+                                      const long long n_rows, double* __restrict__ out) {{
+    // one warp per row, float64 accumulation, fixed order (deterministic)
+    const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (row >= n_rows) return;  // whole warps leave together
+    double s = 0.0;
+    const int stop = indptr[row + 1];
+    for (int p = indptr[row] + lane; p < stop; p += 32) s += (double)values[p];
+    for (int offset = 16; offset > 0; offset >>= 1) s += __shfl_down_sync(0xffffffffu, s, offset);
+    if (lane == 0) out[row] = s;
+}}
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _row_sums_kernel(name: str) -> Any:
+    import cupy as cp
+
+    ctype = {"float32": "float", "float64": "double"}[name]
+    return cp.RawKernel(_ROW_SUMS.format(name=name, ctype=ctype), f"row_sums_{name}")
+
+
+def csr_row_sums(values: Any, indptr: Any) -> Any:
+    """Per-row sums (float64, (n_rows,)) of ``values`` laid out by the CSR row pointer ``indptr``.
+
+    ``values`` may be in any order within a row (e.g. sorted by value). On a GPU one warp sums
+    each row: CuPy's ``bincount`` with weights took 22 ms for 159M values on an H100, its atomic
+    additions serializing on the hundreds of values of one row. The CPU twin is NumPy's
+    ``bincount`` over the row ids (``tests/test_gpu_kernels.py`` checks they agree).
+    """
+    n_rows = int(indptr.shape[0]) - 1
+    if isinstance(values, np.ndarray):  # CPU twin
+        counts = np.diff(np.asarray(indptr, dtype=np.int64))
+        rows = np.repeat(np.arange(n_rows), counts)
+        return np.bincount(rows, weights=values.astype(np.float64, copy=False), minlength=n_rows)
+    import cupy as cp
+
+    out = cp.zeros(n_rows, dtype=cp.float64)
+    if n_rows == 0 or values.shape[0] == 0:
+        return out
+    if values.dtype not in (cp.float32, cp.float64):
+        values = values.astype(cp.float32)
+    indptr = indptr if indptr.dtype == cp.int32 else indptr.astype(cp.int32)
+    threads = 256
+    grid = (n_rows * 32 + threads - 1) // threads
+    _row_sums_kernel(values.dtype.name)((grid,), (threads,), (values, indptr, np.int64(n_rows), out))
+    return out
 
 
 @functools.lru_cache(maxsize=None)

@@ -84,3 +84,24 @@ def test_fused_pass_cpu_and_gpu_agree():
         out[device] = (gpulin._backend.to_host(Y), gpulin._backend.to_host(AtY))
     for a, b in zip(out["cuda"], out["cpu"]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
+def test_row_sums_cpu_twin():
+    from gpulin._gpu_kernels import csr_row_sums
+
+    X = awkward_csr()
+    np.testing.assert_allclose(csr_row_sums(X.data, X.indptr), np.asarray(X.astype(np.float64).sum(axis=1)).ravel(), rtol=1e-12)
+    assert csr_row_sums(np.zeros(0, np.float32), np.zeros(4, np.int32)).tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, bool])
+def test_gpu_row_sums_match_cpu_twin(dtype):
+    import cupy as cp
+
+    from gpulin._gpu_kernels import csr_row_sums
+
+    X = awkward_csr()
+    vals = (X.data > 1.5) if dtype is bool else X.data.astype(dtype)
+    got = cp.asnumpy(csr_row_sums(cp.asarray(vals), cp.asarray(X.indptr)))
+    np.testing.assert_allclose(got, csr_row_sums(vals, X.indptr), rtol=1e-12)
