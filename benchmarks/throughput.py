@@ -152,9 +152,18 @@ def _gpu_peers(adata, sync, repeats) -> dict:
     out = {}
     n = adata.n_obs
     L = gpulin.lognorm_transform(adata.X, device="cuda")
-    X = L.blocks[0] if len(L.blocks) == 1 else None
-    if X is None:
-        return out
+    if len(L.blocks) == 1:
+        X = L.blocks[0]
+    elif sum(b.nnz for b in L.blocks) < 2**31:
+        # lognorm keeps the pattern of the counts: one CSR from the blocks' values and X's pattern
+        import cupyx.scipy.sparse as cusp
+
+        Xc = cusp.csr_matrix(adata.X) if not isinstance(adata.X, cusp.csr_matrix) else adata.X
+        X = cusp.csr_matrix((cp.concatenate([b.data for b in L.blocks]), Xc.indices, Xc.indptr), shape=Xc.shape)
+    else:
+        note = "skipped: 2^31 nonzeros or more do not fit one cupyx CSR"
+        return {t: {"error": note, "seconds": float("nan"), "cells_per_s": float("nan")}
+                for t in ("torch_pca_lowrank", "cupyx_svds")}
     try:
         import torch
 
