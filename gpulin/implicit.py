@@ -298,6 +298,7 @@ class StandardizedOperator:
         # A matrix that fits in one tile keeps its dense D between products (the memory of the one
         # tile that products allocate anyway) instead of re-expanding it on every pass.
         self._cached_tiles: list[tuple[int, int, Any, Any]] | None = None
+        self._splits: dict[tuple[int, int], np.ndarray] = {}  # CPU gene-chunk starts per (block, n_chunks)
         self._cache_tiles = self.dense_tiles and S.shape[0] <= self.tile_rows
         if self.genes is not None:
             # Selection matrix P (G x G_sel) so that D P = D[:, genes] without copying D.
@@ -345,6 +346,20 @@ class StandardizedOperator:
         else:
             yield from self.S.iter_blocks()
 
+    def _row_splits(self, b: int, blk: Any, k: int) -> np.ndarray:
+        """Gene-chunk starts per row of CPU block ``b`` for products with k columns (cached per chunking).
+
+        One chunk (the plain CSR order) when the block's indices are not sorted within rows.
+        """
+        from ._cpu_kernels import gene_chunks, row_splits
+
+        G = self.S.n_genes
+        edges = gene_chunks(G, k) if blk.has_sorted_indices else np.array([0, G], dtype=np.int64)
+        key = (b, len(edges))
+        if key not in self._splits:
+            self._splits[key] = row_splits(blk.indptr, blk.indices, edges, self.workers)
+        return self._splits[key]
+
     @property
     def _cpu_sparse(self) -> bool:
         """Sparse products through the compiled CPU kernels (``cpu_kernels=False``: the generic path)."""
@@ -360,12 +375,12 @@ class StandardizedOperator:
         Wfull, colsum, shift = self._scaled_right(V)
         out = xp.empty((self.shape[0], Wfull.shape[1]), dtype=xp.float32)
         if self._cpu_sparse:
-            from ._cpu_kernels import csr_matmat, panels  # CPU twin of the generic loop below
+            from ._cpu_kernels import csr_matmat  # CPU twin of the generic loop below
 
-            Wp = panels(Wfull)
-            for start, stop, blk, cb in self.S.iter_blocks():
-                csr_matmat(blk.indptr, blk.indices, blk.data, Wp, cb.astype(np.float32), colsum, shift,
-                           out[start:stop], self.workers)
+            W32 = np.ascontiguousarray(Wfull, dtype=np.float32)
+            for b, (start, stop, blk, cb) in enumerate(self.S.iter_blocks()):
+                csr_matmat(self._row_splits(b, blk, W32.shape[1]), blk.indices, blk.data, W32,
+                           cb.astype(np.float32), colsum, shift, out[start:stop], self.workers)
             return out
         for start, stop, blk, cb in self._blocks_for_products():
             out[start:stop] = self._rows_times(blk, cb, Wfull, colsum, shift)
@@ -429,8 +444,8 @@ class StandardizedOperator:
             partials = np.zeros((self.workers, self.S.n_genes, k), dtype=np.float32)
             acc = None
             since_flush, last = 0, self.S.shape[0]
-            for start, stop, blk, _ in self.S.iter_blocks():
-                csr_rmatmat_accumulate(blk.indptr, blk.indices, blk.data, U32[start:stop], partials)
+            for b, (start, stop, blk, _) in enumerate(self.S.iter_blocks()):
+                csr_rmatmat_accumulate(self._row_splits(b, blk, k), blk.indices, blk.data, U32[start:stop], partials)
                 since_flush += stop - start
                 if since_flush >= FLUSH_ROWS or stop == last:
                     total = partials.sum(axis=0, dtype=np.float64)

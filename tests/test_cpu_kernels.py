@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from conftest import make_counts
+import gpulin
 from gpulin import _cpu_kernels as K
 from gpulin._backend import CPU
 from gpulin._validation import check_counts
@@ -54,10 +55,23 @@ def test_sctop_table_holds_every_average_rank():
     np.testing.assert_array_equal(tab[(2 * ranks).astype(int)], ndtri(ranks / (G + 1)))
 
 
+def _splits(D, n_chunks):
+    edges = np.linspace(0, D.shape[1], n_chunks + 1).round().astype(np.int64)
+    return K.row_splits(D.indptr, D.indices, edges, 2)
+
+
+def _sparse_with_empty_rows(seed):
+    D = sp.random(300, 200, density=0.1, format="lil", dtype=np.float32, random_state=seed)
+    D[5, :] = 0
+    D[17, :] = 0
+    return D.tocsr()
+
+
+@pytest.mark.parametrize("n_chunks", [1, 3, 200])
 @pytest.mark.parametrize("k", [1, 7, 64, 150])
-def test_csr_matmat_matches_scipy(k):
+def test_csr_matmat_matches_scipy(k, n_chunks):
     rng = np.random.default_rng(k)
-    D = sp.random(300, 200, density=0.1, format="csr", dtype=np.float32, random_state=k)
+    D = _sparse_with_empty_rows(k)
     W = rng.standard_normal((200, k)).astype(np.float32)
     rc = rng.standard_normal(300).astype(np.float32)
     colsum = rng.standard_normal(k).astype(np.float32)
@@ -65,28 +79,58 @@ def test_csr_matmat_matches_scipy(k):
     expected = D @ W + rc[:, None] * colsum[None, :] - shift[None, :]
     for threads in (1, 2):
         out = np.empty((300, k), dtype=np.float32)
-        K.csr_matmat(D.indptr, D.indices, D.data, K.panels(W), rc, colsum, shift, out, threads)
+        K.csr_matmat(_splits(D, n_chunks), D.indices, D.data, W, rc, colsum, shift, out, threads)
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_panels_pad_and_split():
-    W = np.arange(200 * 3, dtype=np.float32).reshape(3, 200).T.copy()  # (200, 3): one panel
-    assert K.panels(W).shape == (1, 200, 3)
-    W = np.random.default_rng(0).standard_normal((10, 150)).astype(np.float32)
-    Wp = K.panels(W)
-    assert Wp.shape == (3, 10, K.PANEL)
-    np.testing.assert_array_equal(np.concatenate(list(Wp), axis=1)[:, :150], W)
-    assert not Wp[2, :, 150 - 2 * K.PANEL :].any()
+def test_row_splits_cut_rows_at_gene_chunks():
+    D = _sparse_with_empty_rows(0)
+    edges = K.gene_chunks(200, 2000)  # 200 * 2000 * 4 bytes = 3 x CHUNK_BYTES: several chunks
+    assert edges[0] == 0 and edges[-1] == 200 and len(edges) > 2
+    splits = K.row_splits(D.indptr, D.indices, edges, 2)
+    assert splits.shape == (300, len(edges)) and splits.dtype == np.int32
+    np.testing.assert_array_equal(splits[:, 0], D.indptr[:-1])
+    np.testing.assert_array_equal(splits[:, -1], D.indptr[1:])
+    for i in (0, 5, 99):
+        cols = D.indices[D.indptr[i] : D.indptr[i + 1]]
+        for c in range(len(edges) - 1):
+            seg = D.indices[splits[i, c] : splits[i, c + 1]]
+            np.testing.assert_array_equal(seg, cols[(cols >= edges[c]) & (cols < edges[c + 1])])
+    assert K.gene_chunks(200, 1).tolist() == [0, 200]
 
 
+def test_unsorted_indices_use_one_chunk():
+    """Rows whose indices are not sorted cannot be cut at gene boundaries: the operator falls back
+    to one chunk (the plain CSR order) and gives the same products."""
+    S = gpulin.sctop_transform(make_counts(200, 150, seed=2), batch_size=64)
+    scaling = GeneScaling.fit(S)
+    V = np.random.default_rng(0).standard_normal((150, 1000)).astype(np.float32)  # several chunks
+    ref = StandardizedOperator(S, scaling, dense_tiles=False)
+    expected = ref.matmat(V), ref.rmatmat(ref.matmat(V))
+    assert any(n > 2 for _, n in ref._splits)
+    for blk in S.blocks:  # reverse each row's stored values
+        for i in range(blk.shape[0]):
+            lo, hi = blk.indptr[i], blk.indptr[i + 1]
+            blk.indices[lo:hi] = blk.indices[lo:hi][::-1].copy()
+            blk.data[lo:hi] = blk.data[lo:hi][::-1].copy()
+        blk.has_sorted_indices = False
+    op = StandardizedOperator(S, scaling, dense_tiles=False)
+    got = op.matmat(V), op.rmatmat(op.matmat(V))
+    assert all(n == 2 for _, n in op._splits)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("n_chunks", [1, 4])
 @pytest.mark.parametrize("parts", [1, 2, 3])
-def test_csr_rmatmat_matches_scipy(parts):
+def test_csr_rmatmat_matches_scipy(parts, n_chunks):
     rng = np.random.default_rng(parts)
-    D = sp.random(300, 200, density=0.1, format="csr", dtype=np.float32, random_state=parts)
+    D = _sparse_with_empty_rows(parts)
     U = rng.standard_normal((300, 33)).astype(np.float32)
     partials = np.zeros((parts, 200, 33), dtype=np.float32)
-    K.csr_rmatmat_accumulate(D.indptr, D.indices, D.data, U, partials)
-    K.csr_rmatmat_accumulate(D.indptr, D.indices, D.data, U, partials)  # accumulates
+    splits = _splits(D, n_chunks)
+    K.csr_rmatmat_accumulate(splits, D.indices, D.data, U, partials)
+    K.csr_rmatmat_accumulate(splits, D.indices, D.data, U, partials)  # accumulates
     np.testing.assert_allclose(partials.sum(axis=0), 2 * (D.T @ U), rtol=1e-5, atol=1e-5)
 
 
