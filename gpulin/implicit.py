@@ -31,7 +31,10 @@ from ._backend import Backend, to_host
 from ._gpu_kernels import csr_rows_to_dense
 
 #: Matrices denser than this are multiplied as dense row tiles (GEMM beats sparse-times-dense
-#: there). On GPU (cuBLAS vs cuSPARSE) the crossover is assumed low; on CPU it was measured: the
+#: there). On an H100 at 5.5% nonzeros (200k x 20k synthetic cells, benchmarks/gpu_profile.py) a
+#: 50-component embed took 0.54 s with dense tiles and 1.27 s with cuSPARSE products; the tile cost
+#: does not depend on the density and cuSPARSE's grows with it, which puts the crossover near
+#: 1.5% if cuSPARSE scales linearly (not measured at lower densities). On CPU it was measured: the
 #: compiled sparse kernels (gpulin._cpu_kernels) and OpenBLAS GEMM on a cached dense tile take
 #: about the same time for A @ V plus A.T @ U at ~10% nonzeros (1,500 Baron cells at 9.3%, 230
 #: columns: 0.28 s sparse vs 0.27 s dense), and sparse wins below.
