@@ -21,6 +21,7 @@ products run in float32.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -362,6 +363,19 @@ class StandardizedOperator:
         if key not in self._splits:
             self._splits[key] = row_splits(blk.indptr, blk.indices, edges, self.workers)
         return self._splits[key]
+
+    def products_context(self) -> Any:
+        """Context for a sequence of products interleaved with small dense linear algebra.
+
+        With the compiled CPU sparse kernels, BLAS runs single-threaded inside it (spinning BLAS
+        threads would take the cores from the kernels; :func:`gpulin._cpu_kernels.single_threaded_blas`).
+        Otherwise (GPU, dense tiles) it changes nothing.
+        """
+        if self._cpu_sparse:
+            from ._cpu_kernels import single_threaded_blas
+
+            return single_threaded_blas()
+        return contextlib.nullcontext()
 
     @property
     def _cpu_sparse(self) -> bool:

@@ -8,6 +8,7 @@ oversamples) runs on the host in float64, so CPU and GPU take the same decisions
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -127,6 +128,13 @@ def _orthonormalize_product(op: Any, Z: Any, xp: Any, passes: int) -> tuple[Any,
     Q, R = qr
     Rinv = scipy.linalg.solve_triangular(R, np.eye(R.shape[0]), lower=False)
     return Q, AtY @ xp.asarray(Rinv)
+
+
+def _products_context(op: Any) -> Any:
+    """The operator's context for a run of products (single-threaded BLAS around the compiled CPU
+    kernels, see ``StandardizedOperator.products_context``); a no-op for other operators."""
+    ctx = getattr(op, "products_context", None)
+    return ctx() if ctx is not None else contextlib.nullcontext()
 
 
 def _top_eigh(C: Any, k: int, xp: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -252,29 +260,30 @@ def pca(
         l = min(k + n_oversamples, n, G)
         rng = np.random.default_rng(seed)
         omega = xp.asarray(rng.standard_normal((G, l)).astype(np.float32))
-        # Subspace iteration (Halko et al. alg. 4.4): Q = orth(A Z), Z = orth(A^T Q); each
-        # A Z is fused with A^T (A Z) in one pass over the data (_orthonormalize_product).
-        Q, Bt = _orthonormalize_product(op, omega, xp, passes=1 if n_iter else 2)
-        for i in range(n_iter):
-            Z = orthonormalize(Bt.astype(xp.float32), xp, passes=1)
-            Q, Bt = _orthonormalize_product(op, Z, xp, passes=2 if i == n_iter - 1 else 1)
-        # Bt = A^T Q, (G, l) float64
-        M = np.asarray(to_host(Bt.T @ Bt))
-        evals, Ub = np.linalg.eigh(M)
-        evals, Ub = evals[::-1][:k], Ub[:, ::-1][:, :k]
-        sv = np.sqrt(np.maximum(evals, 0.0))
-        safe = np.where(sv > 0, sv, 1.0)
-        V = to_host(Bt @ xp.asarray(Ub / safe))  # (G, k) float64
-        components = np.asarray(V).T.copy()
-        signs = _flip_signs(components)
-        components *= signs[:, None]
-        # Scores as A V (one more pass) rather than Q Ub S: identical to what transform() gives
-        # for the same cells, so models trained on fit scores see the same space at predict time.
-        scores = op.matmat(xp.asarray(components.T.astype(np.float32)))
-        # Report ||A v_j|| (the Rayleigh quotient; at least the Ritz value) so that explained
-        # variances, and whitened scores, describe the scores actually returned.
-        sv = np.sqrt(np.asarray(to_host((scores.astype(xp.float64) ** 2).sum(axis=0))))
-        used_iter = n_iter
+        with _products_context(op):
+            # Subspace iteration (Halko et al. alg. 4.4): Q = orth(A Z), Z = orth(A^T Q); each
+            # A Z is fused with A^T (A Z) in one pass over the data (_orthonormalize_product).
+            Q, Bt = _orthonormalize_product(op, omega, xp, passes=1 if n_iter else 2)
+            for i in range(n_iter):
+                Z = orthonormalize(Bt.astype(xp.float32), xp, passes=1)
+                Q, Bt = _orthonormalize_product(op, Z, xp, passes=2 if i == n_iter - 1 else 1)
+            # Bt = A^T Q, (G, l) float64
+            M = np.asarray(to_host(Bt.T @ Bt))
+            evals, Ub = np.linalg.eigh(M)
+            evals, Ub = evals[::-1][:k], Ub[:, ::-1][:, :k]
+            sv = np.sqrt(np.maximum(evals, 0.0))
+            safe = np.where(sv > 0, sv, 1.0)
+            V = to_host(Bt @ xp.asarray(Ub / safe))  # (G, k) float64
+            components = np.asarray(V).T.copy()
+            signs = _flip_signs(components)
+            components *= signs[:, None]
+            # Scores as A V (one more pass) rather than Q Ub S: identical to what transform() gives
+            # for the same cells, so models trained on fit scores see the same space at predict time.
+            scores = op.matmat(xp.asarray(components.T.astype(np.float32)))
+            # Report ||A v_j|| (the Rayleigh quotient; at least the Ritz value) so that explained
+            # variances, and whitened scores, describe the scores actually returned.
+            sv = np.sqrt(np.asarray(to_host((scores.astype(xp.float64) ** 2).sum(axis=0))))
+            used_iter = n_iter
     explained_variance = sv**2 / max(n - 1, 1)
     ratio = explained_variance / total_var if total_var > 0 else np.zeros_like(explained_variance)
     return PCAResult(
@@ -388,16 +397,17 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int)
         C, Bt = (MtQ, None) if transpose else (None, MtQ)
     else:
         Q = xp.asarray(omega.astype(np.float32))
-        if transpose:  # M = A.T: rounds of A.T @ then A @
-            for _ in range(n_iter):
-                Q = orthonormalize(op.rmatmat(Q).astype(xp.float32), xp, passes=1)
-                Q = orthonormalize(op.matmat(Q), xp, passes=1)
-            Q = orthonormalize(op.rmatmat(Q).astype(xp.float32), xp)
-        else:  # M = A: A @ then A.T @ fused into one pass per round (_orthonormalize_product)
-            for _ in range(n_iter):
-                Q, AtQ = _orthonormalize_product(op, Q, xp, passes=1)
-                Q = orthonormalize(AtQ.astype(xp.float32), xp, passes=1)
-            Q, Bt = _orthonormalize_product(op, Q, xp, passes=2)
+        with _products_context(op):
+            if transpose:  # M = A.T: rounds of A.T @ then A @
+                for _ in range(n_iter):
+                    Q = orthonormalize(op.rmatmat(Q).astype(xp.float32), xp, passes=1)
+                    Q = orthonormalize(op.matmat(Q), xp, passes=1)
+                Q = orthonormalize(op.rmatmat(Q).astype(xp.float32), xp)
+            else:  # M = A: A @ then A.T @ fused into one pass per round (_orthonormalize_product)
+                for _ in range(n_iter):
+                    Q, AtQ = _orthonormalize_product(op, Q, xp, passes=1)
+                    Q = orthonormalize(AtQ.astype(xp.float32), xp, passes=1)
+                Q, Bt = _orthonormalize_product(op, Q, xp, passes=2)
     if transpose:
         # Q spans genes; C = A Q = (Q^T M)^T, so SVD(B) = Uh s Vt gives C = Vt^T s Uh^T.
         if C is None:

@@ -222,3 +222,19 @@ def test_kernels_can_be_called_from_several_python_threads():
         results = list(pool.map(lambda _: K.sctop_rows(X.indptr, X.data, X.shape[1], 2)[0], range(8)))
     for d in results:
         np.testing.assert_array_equal(d, expected)
+
+
+def test_products_context_limits_blas_around_compiled_kernels():
+    """Spinning BLAS threads would take the cores from the kernels: BLAS runs on one thread while
+    the CPU sparse products run, and is left alone for dense tiles (whose products are BLAS)."""
+    from threadpoolctl import threadpool_info
+
+    S = gpulin.sctop_transform(make_counts(50, 40, seed=1))
+    scaling = GeneScaling.fit(S)
+    blas = lambda: [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]  # noqa: E731
+    before = blas()
+    with StandardizedOperator(S, scaling, dense_tiles=False).products_context():
+        assert set(blas()) <= {1}
+    assert blas() == before
+    with StandardizedOperator(S, scaling, dense_tiles=True).products_context():
+        assert blas() == before
