@@ -37,6 +37,15 @@ extern "C" __global__ void scatter_rows(const int* __restrict__ indptr, const in
 """
 
 
+#: Threads per block of the warp-per-row kernels.
+THREADS = 256
+
+
+def _warp_per_row(n_rows: int) -> tuple[tuple[int], tuple[int]]:
+    """``(grid, block)`` launching one 32-thread warp per row."""
+    return ((n_rows * 32 + THREADS - 1) // THREADS,), (THREADS,)
+
+
 _ROW_SUMS = r"""
 extern "C" __global__ void row_sums_{name}(const {ctype}* __restrict__ values, const int* __restrict__ indptr,
                                       const long long n_rows, double* __restrict__ out) {{
@@ -82,9 +91,7 @@ def csr_row_sums(values: Any, indptr: Any) -> Any:
     if values.dtype not in (cp.float32, cp.float64):
         values = values.astype(cp.float32)
     indptr = indptr if indptr.dtype == cp.int32 else indptr.astype(cp.int32)
-    threads = 256
-    grid = (n_rows * 32 + threads - 1) // threads
-    _row_sums_kernel(values.dtype.name)((grid,), (threads,), (values, indptr, np.int64(n_rows), out))
+    _row_sums_kernel(values.dtype.name)(*_warp_per_row(n_rows), (values, indptr, np.int64(n_rows), out))
     return out
 
 
@@ -125,8 +132,6 @@ def csr_rows_to_dense(blk: Any, start: int, stop: int) -> Any:
     indptr = blk.indptr if blk.indptr.dtype == cp.int32 else blk.indptr.astype(cp.int32)
     indices = blk.indices if blk.indices.dtype == cp.int32 else blk.indices.astype(cp.int32)
     data = blk.data if blk.data.dtype == cp.float32 else blk.data.astype(cp.float32)
-    threads = 256
-    grid = (rows * 32 + threads - 1) // threads
-    _scatter_rows_kernel()((grid,), (threads,), (indptr, indices, data, np.int64(start), np.int64(rows),
-                                                 np.int64(n_cols), out))
+    _scatter_rows_kernel()(*_warp_per_row(rows), (indptr, indices, data, np.int64(start), np.int64(rows),
+                                                  np.int64(n_cols), out))
     return out

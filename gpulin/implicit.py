@@ -435,14 +435,12 @@ class StandardizedOperator:
         Wfull, colsum, shift = self._scaled_right(V)
         k = Wfull.shape[1]
         Y = xp.empty((self.shape[0], k), dtype=xp.float32)
-        acc = xp.zeros((self.S.n_genes, k), dtype=xp.float64)
-        cu = xp.zeros(k, dtype=xp.float64)
+        sums = self._transposed_sums(k)
         for start, stop, blk, cb in self._blocks_for_products():
             Yb = self._rows_times(blk, cb, Wfull, colsum, shift)
             Y[start:stop] = Yb
-            acc += (blk.T @ Yb).astype(xp.float64)
-            cu += cb @ Yb.astype(xp.float64)
-        return Y, self._finish_rmatmat(acc, cu, Y.astype(xp.float64).sum(axis=0))
+            self._add_transposed(sums, blk, cb, Yb)
+        return Y, self._finish_rmatmat(*sums)
 
     def rmatmat(self, U: Any) -> Any:
         """``A.T @ U`` for U of shape (n_cells, k); returns float64 (n_genes, k) on device.
@@ -471,17 +469,26 @@ class StandardizedOperator:
                         partials[...] = 0.0
                     since_flush = 0
             U64 = U.astype(np.float64)
-            cu = self.S.c @ U64
-        else:
-            U32 = U.astype(xp.float32)
-            acc = xp.zeros((self.S.n_genes, k), dtype=xp.float64)
-            cu = xp.zeros(k, dtype=xp.float64)
-            for start, stop, blk, cb in self._blocks_for_products():
-                Ub = U32[start:stop]
-                acc += (blk.T @ Ub).astype(xp.float64)
-                cu += cb @ Ub.astype(xp.float64)
-            U64 = U.astype(xp.float64)
-        return self._finish_rmatmat(acc, cu, U64.sum(axis=0))
+            return self._finish_rmatmat(acc, self.S.c @ U64, U64.sum(axis=0))
+        U32 = U.astype(xp.float32)
+        sums = self._transposed_sums(k)
+        for start, stop, blk, cb in self._blocks_for_products():
+            self._add_transposed(sums, blk, cb, U32[start:stop])
+        return self._finish_rmatmat(*sums)
+
+    def _transposed_sums(self, k: int) -> tuple[Any, Any, Any]:
+        """Zeroed float64 accumulators ``(D^T U (n_genes, k), c^T U (k,), 1^T U (k,))``."""
+        xp = self.backend.xp
+        return xp.zeros((self.S.n_genes, k), dtype=xp.float64), xp.zeros(k, dtype=xp.float64), xp.zeros(k, dtype=xp.float64)
+
+    def _add_transposed(self, sums: tuple[Any, Any, Any], blk: Any, cb: Any, Ub: Any) -> None:
+        """Add one row block's ``D_b^T U_b`` (float32 product), ``c_b^T U_b`` and ``1^T U_b`` to ``sums``."""
+        xp = self.backend.xp
+        acc, cu, usum = sums
+        acc += (blk.T @ Ub).astype(xp.float64)
+        U64 = Ub.astype(xp.float64)
+        cu += cb @ U64
+        usum += U64.sum(axis=0)
 
     def _finish_rmatmat(self, acc: Any, cu: Any, usum: Any) -> Any:
         """``(D^T U [selected genes] + 1 (c^T U) - mu (1^T U)) / sigma`` from ``D^T U``, ``c^T U``, ``1^T U``."""

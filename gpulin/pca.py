@@ -88,22 +88,32 @@ def _cholesky_qr(Y: Any, xp: Any, passes: int, rtol: float = 1e-6) -> tuple[Any,
     return Q, R
 
 
-def orthonormalize(Y: Any, xp: Any, passes: int = 2) -> Any:
-    """Orthonormal basis (float32) of the columns of a tall ``Y`` by CholeskyQR2.
+def _qr(Y: Any, xp: Any, passes: int) -> tuple[Any, np.ndarray]:
+    """Reduced QR of a tall ``Y``: ``(Q, R)`` with ``Y = Q R``, Q in ``Y``'s dtype on its device and
+    R float64 on the host.
 
-    Two CholeskyQR passes (Gram in float64 on the host-side l x l matrix); falls back to
-    Householder QR in float64 when the Gram matrix is not numerically positive definite
-    (rank-deficient or very ill-conditioned ``Y``). Small host matrices (``Y.size <=
-    SMALL_QR_SIZE``) go straight to Householder QR. ``passes=1`` (plain CholeskyQR) is enough
-    between power iterations, where only the span and a sane conditioning matter (scikit-learn
-    uses an LU factor there).
+    Small host matrices (``Y.size <= SMALL_QR_SIZE``) take Householder QR in float64; others
+    ``passes`` rounds of CholeskyQR (GEMMs only), and Householder in float64 when the Gram matrix
+    is not numerically positive definite (rank-deficient or very ill-conditioned ``Y``).
     """
     if xp is np and Y.size <= SMALL_QR_SIZE:
-        return np.linalg.qr(np.asarray(Y, dtype=np.float64))[0].astype(np.float32)
+        Q, R = np.linalg.qr(np.asarray(Y, dtype=np.float64))
+        return Q.astype(Y.dtype, copy=False), R
     qr = _cholesky_qr(Y, xp, passes)
     if qr is None:
-        return xp.linalg.qr(Y.astype(xp.float64))[0].astype(xp.float32)
-    return qr[0]
+        Q, R = xp.linalg.qr(Y.astype(xp.float64))
+        return Q.astype(Y.dtype, copy=False), np.asarray(to_host(R))
+    return qr
+
+
+def orthonormalize(Y: Any, xp: Any, passes: int = 2) -> Any:
+    """Orthonormal basis (float32) of the columns of a tall ``Y`` (see :func:`_qr`).
+
+    Two CholeskyQR passes (CholeskyQR2; Gram in float64 on the host-side l x l matrix) by
+    default. ``passes=1`` (plain CholeskyQR) is enough between power iterations, where only the
+    span and a sane conditioning matter (scikit-learn uses an LU factor there).
+    """
+    return _qr(Y, xp, passes)[0].astype(xp.float32, copy=False)
 
 
 def _orthonormalize_product(op: Any, Z: Any, xp: Any, passes: int) -> tuple[Any, Any]:
@@ -112,20 +122,14 @@ def _orthonormalize_product(op: Any, Z: Any, xp: Any, passes: int) -> tuple[Any,
     ``A.T @ Q = (A.T @ Y) R^-1`` for ``Y = A Z = Q R``, so the orthonormalization is applied to
     both products as the same right factor: the span and the numbers are those of orthonormalizing
     ``Y`` first and then multiplying, with one pass over the data instead of two (on a GPU each pass
-    densifies every row tile). An ill-conditioned ``R`` (rank-deficient ``Y``) takes Householder QR
-    and a second pass instead.
+    densifies every row tile). An ill-conditioned ``R`` (rank-deficient ``Y``, where ``R^-1`` would
+    amplify rounding) takes a second pass for ``A.T @ Q`` instead.
     """
     Y, AtY = op.matmat_rmatmat(Z)
-    if xp is np and Y.size <= SMALL_QR_SIZE:
-        Q, R = np.linalg.qr(np.asarray(Y, dtype=np.float64))
-        d = np.abs(np.diag(R))
-        qr = (Q.astype(np.float32), R) if d.size and d.min() > 1e-6 * d.max() else None
-    else:
-        qr = _cholesky_qr(Y, xp, passes)
-    if qr is None:
-        Q = xp.linalg.qr(Y.astype(xp.float64))[0].astype(xp.float32)
+    Q, R = _qr(Y, xp, passes)
+    Q = Q.astype(xp.float32, copy=False)
+    if not _well_conditioned(R, rtol=1e-6):
         return Q, op.rmatmat(Q)
-    Q, R = qr
     Rinv = scipy.linalg.solve_triangular(R, np.eye(R.shape[0]), lower=False)
     return Q, AtY @ xp.asarray(Rinv)
 
@@ -318,19 +322,14 @@ def _sketch_gram_is_cheaper(op: Any, side: int, l: int, n_iter: int) -> bool:
     return n * G * side <= DENSE_FLOP_ADVANTAGE * passes
 
 
-def _qr64(Y: Any, xp: Any) -> tuple[Any, Any]:
-    """Reduced QR of a tall ``Y`` in float64 on ``Y``'s device: ``(Q, R)`` with ``Y = Q R``.
-
-    CholeskyQR2 (GEMMs only) when ``Y`` is well conditioned, Householder otherwise.
-    """
-    Y = Y.astype(xp.float64)
-    qr = _cholesky_qr(Y, xp, passes=2)
-    return xp.linalg.qr(Y) if qr is None else (qr[0], xp.asarray(qr[1]))
+def _qr64(Y: Any, xp: Any) -> tuple[Any, np.ndarray]:
+    """Reduced QR of a tall ``Y`` in float64 (Q on ``Y``'s device, R on the host; see :func:`_qr`)."""
+    return _qr(Y.astype(xp.float64), xp, passes=2)
 
 
-def _well_conditioned(R: Any) -> bool:
+def _well_conditioned(R: Any, rtol: float = 1e-7) -> bool:
     d = np.abs(np.diag(np.asarray(to_host(R))))
-    return bool(d.size and d.min() > 1e-7 * d.max())
+    return bool(d.size and d.min() > rtol * d.max())
 
 
 def _rounds_on_sketch_gram(op: Any, omega: np.ndarray, transpose: bool, n_iter: int) -> tuple[Any, Any | None]:

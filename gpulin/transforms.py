@@ -124,7 +124,7 @@ def _sctop_block(blk: Any, n_genes: int, backend: Backend) -> tuple[Any, Any, in
     xp, special = backend.xp, backend.special
     rows = blk.shape[0]
     nnz = int(blk.nnz)
-    if nnz == 0:  # every cell empty (and CuPy's bincount fails on empty input)
+    if nnz == 0:  # every cell empty: nothing to rank
         return xp.empty(0, dtype=xp.float32), xp.zeros(rows, dtype=xp.float64), rows
     G = float(n_genes)
     indptr = blk.indptr.astype(xp.int64)
@@ -177,7 +177,7 @@ def _lognorm_block(blk: Any, target_sum: float, backend: Backend) -> tuple[Any, 
     """``log1p(x / sum(x) * target_sum)`` of one CSR block; ``c = 0``."""
     xp = backend.xp
     rows = blk.shape[0]
-    if blk.nnz == 0:  # every cell empty (and CuPy's bincount fails on empty input)
+    if blk.nnz == 0:  # every cell empty
         return xp.empty(0, dtype=xp.float32), xp.zeros(rows, dtype=xp.float64), rows
     row = _row_ids(blk, xp)
     libsize = csr_row_sums(blk.data, blk.indptr)
