@@ -45,6 +45,7 @@ __all__ = [
     "column_sums",
     "csr_matmat",
     "csr_rmatmat_accumulate",
+    "finish_transposed",
     "gene_chunks",
     "lognorm_rows",
     "row_splits",
@@ -245,6 +246,49 @@ def csr_rmatmat_accumulate(
         _rmatmat(splits, indices, data, U, bounds, partials)
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _finish_partials(partials, acc, add, rows, cu, usum, mean, inv_scale, out):  # pragma: no cover - compiled
+    n_parts = partials.shape[0]
+    k = partials.shape[2]
+    for r in prange(rows.shape[0]):
+        g = rows[r]
+        mu = mean[r]
+        sc = inv_scale[r]
+        for t in range(k):
+            s = acc[g, t] if add else 0.0
+            for c in range(n_parts):
+                s += partials[c, g, t]
+            out[r, t] = (s + cu[t] - mu * usum[t]) * sc
+
+
+def finish_transposed(
+    partials: np.ndarray,
+    acc: np.ndarray | None,
+    rows: np.ndarray,
+    cu: np.ndarray,
+    usum: np.ndarray,
+    mean: np.ndarray,
+    inv_scale: np.ndarray,
+    threads: int,
+) -> np.ndarray:
+    """``A.T @ U`` (float64, (len(rows), k)) from the partial sums of :func:`csr_rmatmat_accumulate`.
+
+    ``out[r] = (acc[g] + sum_t partials[t, g] + cu - mean[r] usum) * inv_scale[r]`` with
+    ``g = rows[r]`` (``acc``: float64 (G, k) sums of earlier flushes, or None), in one pass: the
+    CPU twin of ``StandardizedOperator._finish_rmatmat`` applied to the summed partials.
+    """
+    use_threads(threads)
+    k = partials.shape[2]
+    out = np.empty((rows.shape[0], k), dtype=np.float64)
+    add = acc is not None
+    acc_arr = acc if add else np.empty((1, k), dtype=np.float64)
+    with _LAUNCH:
+        _finish_partials(partials, acc_arr, add, np.asarray(rows, dtype=np.int64), np.asarray(cu, dtype=np.float64),
+                         np.asarray(usum, dtype=np.float64), np.asarray(mean, dtype=np.float64),
+                         np.asarray(inv_scale, dtype=np.float64), out)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-gene sums of S = D + c 1^T and of S**2 (sparse part; the dense part is added by the caller)
 # ---------------------------------------------------------------------------------------------
@@ -287,10 +331,59 @@ def ztable(n_genes: int) -> np.ndarray:
         return scipy.special.ndtri((j / 2.0) / (float(n_genes) + 1.0))
 
 
+#: Counts below this are ordered by a counting sort (one bucket per value); larger ones share the
+#: last bucket, which is then sorted by comparison (a few values per cell).
+COUNT_BUCKETS = 256
+
+
+@njit(cache=True, nogil=True)
+def _counts_order(data, p0, m, cnt):  # pragma: no cover - compiled
+    """Positions ``0..m-1`` of ``data[p0:p0 + m]`` in ascending order of value, by counting sort
+    when every value is a non-negative integer (else an empty array). ``cnt``: int64 scratch of
+    ``COUNT_BUCKETS + 1`` entries.
+
+    The scTOP keys ``x / sum(x) + 1`` are non-decreasing in ``x`` within a cell, so this is an
+    order of the keys too; equal keys (equal counts, or counts that round to the same float32
+    key) stay adjacent, which is all the group walk needs.
+    """
+    nb = cnt.shape[0] - 1
+    for b in range(nb + 1):
+        cnt[b] = 0
+    for q in range(m):
+        x = data[p0 + q]
+        if not (x >= 0 and x == np.floor(x)):
+            return np.empty(0, dtype=np.int64)
+        b = nb if x >= nb else np.int64(x)
+        cnt[b] += 1
+    start = 0
+    for b in range(nb + 1):
+        c = cnt[b]
+        cnt[b] = start
+        start += c
+    n_big = m - cnt[nb]
+    order = np.empty(m, dtype=np.int64)
+    for q in range(m):
+        x = data[p0 + q]
+        b = nb if x >= nb else np.int64(x)
+        order[cnt[b]] = q
+        cnt[b] += 1
+    if n_big > 1:
+        lo = m - n_big
+        tail = order[lo:].copy()
+        vals = np.empty(n_big, dtype=np.float64)
+        for j in range(n_big):
+            vals[j] = data[p0 + tail[j]]
+        sub = np.argsort(vals)
+        for j in range(n_big):
+            order[lo + j] = tail[sub[j]]
+    return order
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _sctop(indptr, data, n_genes, ztab, bounds, d_out, c_out, empty_out):  # pragma: no cover - compiled
     one = np.float32(1.0)
     for ch in prange(bounds.shape[0] - 1):
+        cnt = np.empty(COUNT_BUCKETS + 1, dtype=np.int64)
         for i in range(bounds[ch], bounds[ch + 1]):
             p0 = indptr[i]
             m = indptr[i + 1] - p0
@@ -303,7 +396,9 @@ def _sctop(indptr, data, n_genes, ztab, bounds, d_out, c_out, empty_out):  # pra
             keys = np.empty(m, dtype=np.float32)
             for q in range(m):
                 keys[q] = np.float32(np.float32(data[p0 + q]) / lib32) + one
-            order = np.argsort(keys)
+            order = _counts_order(data, p0, m, cnt)
+            if order.shape[0] == 0:  # not small non-negative integers: comparison sort
+                order = np.argsort(keys)
             # Walk the groups of equal keys in ascending order; twice the 1-based average rank of
             # the group [gs, ge] among all G genes (zeros first) is 2 (G - m) + gs + ge + 2.
             base = 2 * (n_genes - m) + 2

@@ -453,7 +453,7 @@ class StandardizedOperator:
         if self._cpu_sparse:
             # D_b^T U_b scattered into one float32 partial sum per thread (CPU twin of the generic
             # loop below); partials are added to the float64 total every FLUSH_ROWS cells.
-            from ._cpu_kernels import csr_rmatmat_accumulate
+            from ._cpu_kernels import csr_rmatmat_accumulate, finish_transposed
 
             U32 = np.ascontiguousarray(U, dtype=np.float32)
             partials = np.zeros((self.workers, self.S.n_genes, k), dtype=np.float32)
@@ -462,14 +462,16 @@ class StandardizedOperator:
             for b, (start, stop, blk, _) in enumerate(self.S.iter_blocks()):
                 csr_rmatmat_accumulate(self._row_splits(b, blk, k), blk.indices, blk.data, U32[start:stop], partials)
                 since_flush += stop - start
-                if since_flush >= FLUSH_ROWS or stop == last:
+                if since_flush >= FLUSH_ROWS and stop != last:
                     total = partials.sum(axis=0, dtype=np.float64)
                     acc = total if acc is None else np.add(acc, total, out=acc)
-                    if stop != last:
-                        partials[...] = 0.0
+                    partials[...] = 0.0
                     since_flush = 0
             U64 = U.astype(np.float64)
-            return self._finish_rmatmat(acc, self.S.c @ U64, U64.sum(axis=0))
+            # Last flush and _finish_rmatmat in one pass (its compiled twin).
+            rows = np.arange(self.S.n_genes) if self.genes is None else self.genes
+            return finish_transposed(partials, acc, rows, self.S.c @ U64, U64.sum(axis=0), self.mean,
+                                     self.inv_scale, self.workers)
         U32 = U.astype(xp.float32)
         sums = self._transposed_sums(k)
         for start, stop, blk, cb in self._blocks_for_products():

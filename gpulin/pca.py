@@ -233,7 +233,7 @@ def pca(
     if n_oversamples is None:
         n_oversamples = max(10, k // 5)
     if n_iter is None:
-        n_iter = 7 if k > 0.1 * min(n, G) else 4
+        n_iter = 4 if k > 0.1 * min(n, G) else 3
     if solver == "auto":
         solver = choose_solver(n, G, k, n_oversamples, n_iter)
     if solver not in ("randomized", "gram"):
@@ -262,32 +262,21 @@ def pca(
         used_iter = 0
     else:
         l = min(k + n_oversamples, n, G)
-        rng = np.random.default_rng(seed)
-        omega = xp.asarray(rng.standard_normal((G, l)).astype(np.float32))
-        with _products_context(op):
-            # Subspace iteration (Halko et al. alg. 4.4): Q = orth(A Z), Z = orth(A^T Q); each
-            # A Z is fused with A^T (A Z) in one pass over the data (_orthonormalize_product).
-            Q, Bt = _orthonormalize_product(op, omega, xp, passes=1 if n_iter else 2)
-            for i in range(n_iter):
-                Z = orthonormalize(Bt.astype(xp.float32), xp, passes=1)
-                Q, Bt = _orthonormalize_product(op, Z, xp, passes=2 if i == n_iter - 1 else 1)
-            # Bt = A^T Q, (G, l) float64
-            M = np.asarray(to_host(Bt.T @ Bt))
-            evals, Ub = np.linalg.eigh(M)
-            evals, Ub = evals[::-1][:k], Ub[:, ::-1][:, :k]
-            sv = np.sqrt(np.maximum(evals, 0.0))
-            safe = np.where(sv > 0, sv, 1.0)
-            V = to_host(Bt @ xp.asarray(Ub / safe))  # (G, k) float64
-            components = np.asarray(V).T.copy()
-            signs = _flip_signs(components)
-            components *= signs[:, None]
-            # Scores as A V (one more pass) rather than Q Ub S: identical to what transform() gives
-            # for the same cells, so models trained on fit scores see the same space at predict time.
-            scores = op.matmat(xp.asarray(components.T.astype(np.float32)))
-            # Report ||A v_j|| (the Rayleigh quotient; at least the Ritz value) so that explained
-            # variances, and whitened scores, describe the scores actually returned.
-            sv = np.sqrt(np.asarray(to_host((scores.astype(xp.float64) ** 2).sum(axis=0))))
-            used_iter = n_iter
+        K, Y, H, M = _block_krylov(op, l, n_iter, seed)
+        lam, C = _ritz_vectors(H, M, k)
+        del H, M
+        # V = K C (loadings) and A V = (A K) C = Y C (scores): the Rayleigh-Ritz step needs no
+        # pass over the data. C is float64 with C^T (K^T K) C = I.
+        C32 = xp.asarray(C.astype(np.float32))
+        components = np.asarray(to_host(K @ C32), dtype=np.float64).T.copy()
+        signs = _flip_signs(components)
+        components *= signs[:, None]
+        scores = Y @ (C32 * xp.asarray(signs.astype(np.float32)))
+        del K, Y
+        # Report ||A v_j|| (the Rayleigh quotient of the returned loadings, sqrt(lam) up to
+        # rounding) so that explained variances, and whitened scores, describe the scores returned.
+        sv = np.sqrt(np.asarray(to_host((scores.astype(xp.float64) ** 2).sum(axis=0))))
+        used_iter = n_iter
     explained_variance = sv**2 / max(n - 1, 1)
     ratio = explained_variance / total_var if total_var > 0 else np.zeros_like(explained_variance)
     return PCAResult(
@@ -434,3 +423,95 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int)
     ratio = explained_variance / total_var if total_var > 0 else np.zeros_like(explained_variance)
     return PCAResult(scores=scores, components=components, singular_values=sv, explained_variance=explained_variance,
                      explained_variance_ratio=ratio, solver="sklearn", n_iter=n_iter, n_oversamples=int(n_oversamples))
+
+
+def _gram_blocked(Y: Any, xp: Any, block_rows: int = 8192) -> np.ndarray:
+    """``Y.T @ Y`` (float64, host) for a float32 ``Y``: float32 GEMMs over blocks of
+    ``block_rows`` rows, accumulated in float64 across blocks (so the rounding does not grow with
+    the number of rows, at the speed of float32 GEMM; :func:`_gram64` converts to float64 first)."""
+    acc = xp.zeros((Y.shape[1], Y.shape[1]), dtype=xp.float64)
+    for s in range(0, Y.shape[0], block_rows):
+        Yb = Y[s : s + block_rows]
+        acc += (Yb.T @ Yb).astype(xp.float64)
+    return np.asarray(to_host(acc))
+
+
+def _ritz_vectors(H: np.ndarray, M: np.ndarray, k: int, rtol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` eigenpairs of the pencil ``(H, M)``: ``H c = lam M c``, ``c^T M c = 1`` (float64, host).
+
+    ``M = K^T K`` is the Gram matrix of a float32 Krylov basis, orthonormal up to rounding (or
+    redundant, where the Krylov space became numerically invariant). A Cholesky factor whitens it;
+    when ``M`` is not safely positive definite, its eigenvectors with eigenvalues below ``rtol``
+    times the largest are dropped instead (the first block alone is orthonormal, so at least
+    ``l >= k`` directions remain).
+
+    Returns
+    -------
+    lam : (k,) descending
+    C : (m, k), with ``C^T M C = I``
+    """
+    m = M.shape[0]
+    try:
+        L = np.linalg.cholesky(M)
+        d = np.diag(L)
+        if not d.min() > np.sqrt(rtol) * d.max():
+            raise np.linalg.LinAlgError
+        T = scipy.linalg.solve_triangular(L, np.eye(m), lower=True).T  # L^-T
+    except np.linalg.LinAlgError:
+        mu, E = np.linalg.eigh(M)
+        keep = mu > rtol * mu.max()
+        T = E[:, keep] / np.sqrt(mu[keep])
+    R = T.T @ H @ T
+    r = R.shape[0]
+    lam, W = scipy.linalg.eigh((R + R.T) / 2, subset_by_index=[r - k, r - 1])
+    return lam[::-1], T @ W[:, ::-1]
+
+
+def _block_krylov(op: Any, l: int, n_iter: int, seed: int) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+    """Randomized block Krylov iteration (Musco & Musco 2015) on the gene side of ``op``.
+
+    Builds ``K = [Z_0, ..., Z_q]`` (``q = n_iter``), a basis of the block Krylov space
+    ``[Omega, H Omega, ..., H^q Omega]`` of ``H = A^T A`` (``Omega``: genes x l, Gaussian, drawn on
+    the host from ``seed``). ``A Z_j`` and ``A^T A Z_j`` come from one fused pass over the data
+    (:meth:`StandardizedOperator.matmat_rmatmat`); ``A^T A Z_j`` is orthogonalized against the
+    blocks so far (block Gram-Schmidt, float32) and orthonormalized (CholeskyQR2) into ``Z_{j+1}``.
+    ``Y = A K`` is kept, so the Rayleigh-Ritz step (:func:`_ritz_vectors` on ``Y^T Y`` and
+    ``K^T K``) needs no further pass: ``2 q + 1`` products in all, against ``2 q + 3`` for
+    subspace iteration with ``q`` power iterations, and a far better subspace for the same
+    products since every block is kept (on the 20k-cell atlas and Baron, ``q = 3`` beat subspace
+    iteration with 4 power iterations; ``benchmarks/README.md``).
+
+    Returns
+    -------
+    K : float32 (G, m), ``m = (q + 1) l``, on the operator's device
+    Y : float32 (n, m), ``A @ K``
+    H, M : float64 (m, m), host: ``Y^T Y`` and ``K^T K``
+    """
+    xp = op.backend.xp
+    n, G = op.shape
+    q = int(n_iter)
+    m = (q + 1) * l
+    rng = np.random.default_rng(seed)
+    K = xp.empty((G, m), dtype=xp.float32)
+    Y = xp.empty((n, m), dtype=xp.float32)
+    with _products_context(op):
+        K[:, :l] = orthonormalize(xp.asarray(rng.standard_normal((G, l)).astype(np.float32)), xp, passes=1)
+        for j in range(q + 1):
+            cur = slice(j * l, (j + 1) * l)
+            Z = xp.ascontiguousarray(K[:, cur])
+            if j == q:
+                Y[:, cur] = op.matmat(Z)
+                break
+            Yj, B = op.matmat_rmatmat(Z)
+            Y[:, cur] = Yj
+            del Yj, Z
+            B = B.astype(xp.float32)
+            prev = K[:, : (j + 1) * l]
+            B -= prev @ (prev.T @ B)
+            # One CholeskyQR pass: the blocks need not be orthonormal to the last bit, the
+            # Rayleigh-Ritz step uses the exact K^T K.
+            K[:, (j + 1) * l : (j + 2) * l] = _qr(B, xp, passes=1)[0].astype(xp.float32, copy=False)
+            del B
+    # Outside the products context: these GEMMs may use every BLAS thread.
+    return K, Y, _gram_blocked(Y, xp), _gram_blocked(K, xp)
+

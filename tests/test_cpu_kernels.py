@@ -27,6 +27,10 @@ def _tricky_counts(dtype=np.float32) -> sp.csr_matrix:
     X[6, :] = 2  # every gene equal (transforms to zero)
     X[7, 3] = 1e-9  # key rounds to 1 next to a large library: joins the zero group
     X[7, 4] = 5e5
+    # Counts past the counting-sort buckets, tied and untied, and distinct counts whose float32
+    # keys are equal (2**25 and 2**25 + 1 next to a library of ~2**27).
+    X[8, :10] = [300, 300, 2**25, 2**25 + 1, 256, 255, 1, 1, 7, 2**26]
+    X[9, :6] = [0.5, 3, 3, 1000, 2, 1]  # one non-integer value: the cell takes the comparison sort
     X = X.tocsr().astype(dtype)
     X.data[::17] = 0  # explicit zeros stored in the matrix
     return X
