@@ -11,9 +11,12 @@ atlas, 21.8M nonzeros; ``benchmarks/README.md``):
   chunk so the rows of ``W`` (or of the partial sums) they touch stay in L2 (:data:`CHUNK_BYTES`).
   264 columns: 0.99 s -> 0.31 s and 0.93 s -> 0.27 s per product.
 * :func:`sctop_rows`: the scTOP transform row by row (a small sort per cell instead of one
-  global integer sort, and ``ndtri`` looked up in a table of the 2 G + 2 half-integer ranks
-  instead of evaluated per stored value): bit-identical output, 1.1 s -> 0.35 s.
+  global integer sort: a counting sort when the counts are small integers, and ``ndtri`` looked
+  up in a table of the 2 G + 2 half-integer ranks instead of evaluated per stored value):
+  bit-identical output, 1.1 s -> 0.35 s (comparison sort) -> 0.20 s (counting sort).
 * :func:`lognorm_rows`: library sizes and ``log1p`` in one pass per cell.
+* :func:`finish_transposed`: the last flush of the ``D.T @ U`` partial sums and the rank-one
+  terms of the standardized operator in one pass (264 columns: 0.09 s -> 0.02-0.06 s).
 * :func:`column_sums`, :func:`value_counts`: per-gene sums of ``S`` and ``S**2``, and the count
   checks, in one pass instead of several whole-array NumPy passes (0.4 s -> 0.02 s).
 
@@ -254,11 +257,20 @@ def _finish_partials(partials, acc, add, rows, cu, usum, mean, inv_scale, out): 
         g = rows[r]
         mu = mean[r]
         sc = inv_scale[r]
+        o = out[r]
+        if add:
+            a = acc[g]
+            for t in range(k):
+                o[t] = a[t] + cu[t] - mu * usum[t]
+        else:
+            for t in range(k):
+                o[t] = cu[t] - mu * usum[t]
+        for c in range(n_parts):
+            P = partials[c, g]
+            for t in range(k):
+                o[t] += P[t]
         for t in range(k):
-            s = acc[g, t] if add else 0.0
-            for c in range(n_parts):
-                s += partials[c, g, t]
-            out[r, t] = (s + cu[t] - mu * usum[t]) * sc
+            o[t] *= sc
 
 
 def finish_transposed(

@@ -160,8 +160,15 @@ def test_value_counts_match_numpy():
         check_counts(sp.csr_matrix(data[None, :]), CPU)
 
 
-def test_operator_cpu_kernels_equal_generic_sparse_products():
-    """StandardizedOperator on CPU (compiled kernels) == the generic sparse path (what CuPy runs)."""
+@pytest.mark.parametrize("flush_rows", [None, 30], ids=["one-flush", "flush-every-30-cells"])
+def test_operator_cpu_kernels_equal_generic_sparse_products(flush_rows, monkeypatch):
+    """StandardizedOperator on CPU (compiled kernels) == the generic sparse path (what CuPy runs),
+    with the partial sums of D^T U flushed once (finish_transposed alone) or every 30 cells
+    (float64 flushes, then finish_transposed adding the last partials to them)."""
+    import gpulin.implicit as implicit
+
+    if flush_rows is not None:
+        monkeypatch.setattr(implicit, "FLUSH_ROWS", flush_rows)
     X = _tricky_counts()
     S = transform_implicit(X, "sctop", device="cpu", batch_size=50)
     assert isinstance(S, SparsePlusRowConstant)
