@@ -69,14 +69,17 @@ def _gram64(Y: Any, xp: Any, block_rows: int = 1 << 16) -> np.ndarray:
 SMALL_QR_SIZE = 1 << 20
 
 
-def _cholesky_qr(Y: Any, xp: Any, passes: int, rtol: float = 1e-6) -> tuple[Any, np.ndarray] | None:
+def _cholesky_qr(
+    Y: Any, xp: Any, passes: int, rtol: float = 1e-6, gram: Any = _gram64
+) -> tuple[Any, np.ndarray] | None:
     """``passes`` rounds of CholeskyQR: ``(Q, R)`` with ``Y = Q R`` (Q in ``Y``'s dtype on its
     device, R float64 on the host), or None when ``Y`` is too ill-conditioned for it (Cholesky
-    fails, or the diagonal of a round's R spans more than ``1 / rtol``)."""
+    fails, or the diagonal of a round's R spans more than ``1 / rtol``). ``gram(Q, xp)`` forms
+    the Gram matrices (float64 on the host)."""
     Q, R = Y, None
     for _ in range(passes):
         try:
-            Rk = np.linalg.cholesky(_gram64(Q, xp)).T
+            Rk = np.linalg.cholesky(gram(Q, xp)).T
         except np.linalg.LinAlgError:
             return None
         d = np.abs(np.diag(Rk))
@@ -88,18 +91,19 @@ def _cholesky_qr(Y: Any, xp: Any, passes: int, rtol: float = 1e-6) -> tuple[Any,
     return Q, R
 
 
-def _qr(Y: Any, xp: Any, passes: int) -> tuple[Any, np.ndarray]:
+def _qr(Y: Any, xp: Any, passes: int, gram: Any = _gram64) -> tuple[Any, np.ndarray]:
     """Reduced QR of a tall ``Y``: ``(Q, R)`` with ``Y = Q R``, Q in ``Y``'s dtype on its device and
     R float64 on the host.
 
     Small host matrices (``Y.size <= SMALL_QR_SIZE``) take Householder QR in float64; others
-    ``passes`` rounds of CholeskyQR (GEMMs only), and Householder in float64 when the Gram matrix
-    is not numerically positive definite (rank-deficient or very ill-conditioned ``Y``).
+    ``passes`` rounds of CholeskyQR (GEMMs only; Gram matrices from ``gram``), and Householder in
+    float64 when the Gram matrix is not numerically positive definite (rank-deficient or very
+    ill-conditioned ``Y``).
     """
     if xp is np and Y.size <= SMALL_QR_SIZE:
         Q, R = np.linalg.qr(np.asarray(Y, dtype=np.float64))
         return Q.astype(Y.dtype, copy=False), R
-    qr = _cholesky_qr(Y, xp, passes)
+    qr = _cholesky_qr(Y, xp, passes, gram=gram)
     if qr is None:
         Q, R = xp.linalg.qr(Y.astype(xp.float64))
         return Q.astype(Y.dtype, copy=False), np.asarray(to_host(R))
@@ -272,14 +276,15 @@ def pca(
         # V = K C (loadings) and A V = (A K) C = Y C (scores): the Rayleigh-Ritz step needs no
         # pass over the data. C is float64 with C^T (K^T K) C = I.
         C32 = xp.asarray(C.astype(np.float32))
-        components = np.asarray(to_host(K @ C32), dtype=np.float64).T.copy()
+        components = np.ascontiguousarray(to_host(K @ C32).T, dtype=np.float64)
+        del K
         signs = _flip_signs(components)
         components *= signs[:, None]
         scores = Y @ (C32 * xp.asarray(signs.astype(np.float32)))
-        del K, Y
+        del Y
         # Report ||A v_j|| (the Rayleigh quotient of the returned loadings, sqrt(lam) up to
         # rounding) so that explained variances, and whitened scores, describe the scores returned.
-        sv = np.sqrt(np.asarray(to_host((scores.astype(xp.float64) ** 2).sum(axis=0))))
+        sv = np.sqrt(_column_sumsq64(scores, xp))
         used_iter = n_iter
     explained_variance = sv**2 / max(n - 1, 1)
     ratio = explained_variance / total_var if total_var > 0 else np.zeros_like(explained_variance)
@@ -429,11 +434,23 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int)
                      explained_variance_ratio=ratio, solver="sklearn", n_iter=n_iter, n_oversamples=int(n_oversamples))
 
 
-def _gram_blocked(Y: Any, xp: Any, block_rows: int = 8192, right: Any | None = None) -> np.ndarray:
+def _column_sumsq64(X: Any, xp: Any, block_rows: int = 1 << 15) -> np.ndarray:
+    """Column sums of squares of a float32 ``X`` in float64 (host), over row blocks (bounded temporaries)."""
+    acc = xp.zeros(X.shape[1], dtype=xp.float64)
+    for s in range(0, X.shape[0], block_rows):
+        Xb = X[s : s + block_rows].astype(xp.float64)
+        acc += (Xb * Xb).sum(axis=0)
+    return np.asarray(to_host(acc))
+
+
+def _gram_blocked(Y: Any, xp: Any, block_rows: int | None = None, right: Any | None = None) -> np.ndarray:
     """``Y.T @ Y`` (or ``Y.T @ right``; float64, host) for float32 arrays: float32 GEMMs over
-    blocks of ``block_rows`` rows, accumulated in float64 across blocks (so the rounding does not
-    grow with the number of rows, at the speed of float32 GEMM; :func:`_gram64` converts to
-    float64 first)."""
+    blocks of ``block_rows`` rows (default 8,192 on the host, 65,536 on a GPU, where each block
+    costs kernel launches), accumulated in float64 across blocks (so the rounding does not grow
+    with the number of rows, at the speed of float32 GEMM; :func:`_gram64` converts to float64
+    first)."""
+    if block_rows is None:
+        block_rows = 8192 if xp is np else 1 << 16
     R = Y if right is None else right
     acc = xp.zeros((Y.shape[1], R.shape[1]), dtype=xp.float64)
     for s in range(0, Y.shape[0], block_rows):
@@ -525,7 +542,9 @@ def _block_krylov(op: Any, l: int, n_iter: int, seed: int) -> tuple[Any, Any, np
             del prev
             # One CholeskyQR pass: the blocks need not be orthonormal to the last bit, the
             # Rayleigh-Ritz step uses the exact K^T K.
-            K[:, (j + 1) * l : (j + 2) * l] = _qr(B, xp, passes=1)[0].astype(xp.float32, copy=False)
+            # float32 Gram (float64 across row blocks): after the projection B is well conditioned,
+            # and the Householder fallback takes over when it is not.
+            K[:, (j + 1) * l : (j + 2) * l] = _qr(B, xp, passes=1, gram=_gram_blocked)[0].astype(xp.float32, copy=False)
             del B
     # Outside the products context: this GEMM may use every BLAS thread.
     return K, Y, H, _gram_blocked(K, xp)

@@ -231,3 +231,25 @@ def test_ritz_vectors_whiten_a_redundant_basis():
     # Same as the Ritz values on the orthonormal part alone.
     ref = np.linalg.eigvalsh((A @ K[:, :6]).T @ (A @ K[:, :6]))[::-1][:3]
     np.testing.assert_allclose(lam, ref, rtol=1e-8)
+
+
+@pytest.mark.parametrize("n_iter", [1, 3])
+def test_block_krylov_makes_2q_plus_1_products(low_rank, n_iter):
+    """q fused passes (A Z and A^T A Z from one pass) and one last A Z; the scores need no pass."""
+    S, _ = low_rank
+    op = StandardizedOperator(S, GeneScaling.fit(S), dense_tiles=True)
+    calls = {"matmat": 0, "rmatmat": 0, "matmat_rmatmat": 0}
+    for name in calls:
+        real = getattr(op, name)
+
+        def counted(*args, _real=real, _name=name):
+            calls[_name] += 1
+            return _real(*args)
+
+        setattr(op, name, counted)
+    res = pca(op, 10, solver="randomized", n_iter=n_iter, seed=0)
+    assert res.n_iter == n_iter
+    assert calls == {"matmat": 1, "rmatmat": 0, "matmat_rmatmat": n_iter}
+    # The scores are A @ components.T.
+    direct = StandardizedOperator(S, GeneScaling.fit(S)).matmat(res.components.T.astype(np.float32))
+    np.testing.assert_allclose(res.scores, direct, rtol=1e-4, atol=1e-4 * np.abs(direct).max())

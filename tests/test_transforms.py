@@ -87,6 +87,23 @@ def test_input_formats_agree_and_input_is_not_modified(counts):
     assert (counts != before).nnz == 0 and counts.dtype == before.dtype
 
 
+@pytest.mark.parametrize("method", ["sctop", "lognorm"])
+def test_host_blocks_share_the_input_index_arrays(counts, method):
+    """Row blocks of a canonical host CSR input point into its index arrays: no copy of the
+    pattern (SciPy's constructor would copy every block's slice), and the input stays as it was."""
+    X = sp.csr_matrix(counts)
+    before = X.indices.copy(), X.indptr.copy(), X.data.copy()
+    S = transform_implicit(X, method, device="cpu", batch_size=7)
+    assert len(S.blocks) > 2
+    for blk in S.blocks:
+        assert np.shares_memory(blk.indices, X.indices)
+        assert not np.shares_memory(blk.data, X.data)
+    np.testing.assert_array_equal(X.indices, before[0])
+    np.testing.assert_array_equal(X.indptr, before[1])
+    np.testing.assert_array_equal(X.data, before[2])
+    np.testing.assert_allclose(S.toarray(), transform_implicit(X, method, device="cpu").toarray(), rtol=1e-6, atol=1e-7)
+
+
 def test_duplicate_entries_are_summed_on_a_copy(counts):
     coo = counts.tocoo()
     dup = sp.csr_matrix(
