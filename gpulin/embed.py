@@ -44,7 +44,8 @@ class _Timer:
 def _oom_hint(backend: Backend, batch_size: int | None, stage: str) -> MemoryError:
     return MemoryError(
         f"Out of {backend.name} memory during {stage} (batch_size={batch_size}). Pass a smaller "
-        "batch_size, fewer n_components, or device='cpu'."
+        "batch_size, fewer n_components, a smaller n_iter (the randomized PCA keeps "
+        "(n_iter + 1) x (n_components + n_oversamples) float32 values per cell), or device='cpu'."
     )
 
 
