@@ -330,6 +330,23 @@ def _well_conditioned(R: Any, rtol: float = 1e-7) -> bool:
     return bool(d.size and d.min() > rtol * d.max())
 
 
+def _small_dense_context(xp: Any) -> Any:
+    """One BLAS thread on the host for rounds of small dense factorizations (a few thousand rows):
+    on the 2-core Xeon a 1,267 x 230 QR took 14 ms on one thread and 24 ms on two, and a
+    1,267 x 1,267 by 230 GEMM 12 ms and 15 ms. A no-op on a GPU."""
+    if xp is not np:
+        return contextlib.nullcontext()
+    from ._cpu_kernels import single_threaded_blas
+
+    return single_threaded_blas()
+
+
+def _lu_span(P: np.ndarray) -> np.ndarray:
+    """The permuted unit-lower factor of ``P = perm L U`` (partial pivoting): a basis of the span of
+    ``P`` with entries of magnitude <= 1 (scikit-learn's ``power_iteration_normalizer="LU"``)."""
+    return scipy.linalg.lu(P, permute_l=True, check_finite=False)[0]
+
+
 def _rounds_on_sketch_gram(op: Any, omega: np.ndarray, transpose: bool, n_iter: int) -> tuple[Any, Any | None]:
     """scikit-learn's power rounds on ``H = M.T @ M`` (the sketched side's Gram matrix).
 
@@ -351,8 +368,13 @@ def _rounds_on_sketch_gram(op: Any, omega: np.ndarray, transpose: bool, n_iter: 
     else:
         H = op.gram_cells() if transpose else op.gram()
     Qs = xp.asarray(omega)
-    for _ in range(n_iter):
-        Qs, _ = xp.linalg.qr(H @ Qs)  # Householder: H squares the conditioning
+    with _small_dense_context(xp):
+        for i in range(n_iter):
+            # Between rounds only the span matters: scikit-learn's LU normalization (on the host;
+            # 5x cheaper than Householder QR with Q formed explicitly). Householder QR on the last
+            # round (and on a GPU), so the basis handed on is orthonormal: H squares the
+            # conditioning.
+            Qs = _lu_span(H @ Qs) if (i < n_iter - 1 and xp is np) else xp.linalg.qr(H @ Qs)[0]
     Q32 = Qs.astype(xp.float32)
     if T is not None:
         Y = T.T @ Q32 if transpose else T @ Q32
