@@ -58,7 +58,8 @@ def main() -> None:
     patches = [
         (imp.StandardizedOperator, "matmat"), (imp.StandardizedOperator, "rmatmat"),
         (imp.StandardizedOperator, "matmat_rmatmat"), (imp, "csr_rows_to_dense"),
-        (pca_mod, "orthonormalize"), (pca_mod, "_gram64"),
+        (pca_mod, "orthonormalize"), (pca_mod, "_gram64"), (pca_mod, "_qr"), (pca_mod, "_gram_blocked"),
+        (pca_mod, "_ritz_vectors"), (pca_mod, "_block_krylov"),
     ]
     originals = [(obj, name, getattr(obj, name)) for obj, name in patches]
     for label, density in () if args.raw_only else (("dense_tiles", 0.01), ("cusparse", 1.1)):
