@@ -52,10 +52,12 @@ __all__ = [
     "gene_chunks",
     "lognorm_rows",
     "row_splits",
+    "scaled_right",
     "single_threaded_blas",
     "sctop_rows",
     "use_threads",
     "value_counts",
+    "weighted_column_sums",
     "ztable",
 ]
 
@@ -299,6 +301,74 @@ def finish_transposed(
                          np.asarray(usum, dtype=np.float64), np.asarray(mean, dtype=np.float64),
                          np.asarray(inv_scale, dtype=np.float64), out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The dense side of the standardized operator's products, one pass each
+# ---------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True, nogil=True)
+def _scaled_right(V, inv_scale, mean, bounds, W, partials):  # pragma: no cover - compiled
+    k = V.shape[1]
+    for ch in prange(bounds.shape[0] - 1):
+        cs = partials[ch, 0]
+        sh = partials[ch, 1]
+        for g in range(bounds[ch], bounds[ch + 1]):
+            s = inv_scale[g]
+            m = mean[g]
+            for t in range(k):
+                w = np.float64(V[g, t]) * s
+                W[g, t] = np.float32(w)
+                cs[t] += w
+                sh[t] += m * w
+
+
+def scaled_right(V: np.ndarray, inv_scale: np.ndarray, mean: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``W = V / sigma`` (float32, C order), ``1^T W`` and ``mu^T W`` (float32 (k,), summed in
+    float64) in one pass over ``V`` (genes x k): the CPU twin of
+    ``StandardizedOperator._scaled_right`` (one float64 copy of ``V`` and three passes over it).
+    """
+    threads = use_threads(threads)
+    G, k = V.shape
+    parts = max(1, min(threads, G))
+    bounds = np.linspace(0, G, parts + 1).astype(np.int64)
+    W = np.empty((G, k), dtype=np.float32)
+    partials = np.zeros((parts, 2, k), dtype=np.float64)
+    with _LAUNCH:
+        _scaled_right(V, np.asarray(inv_scale, dtype=np.float64), np.asarray(mean, dtype=np.float64), bounds, W, partials)
+    total = partials[0].copy()
+    for t in range(1, parts):
+        total += partials[t]
+    return W, total[0].astype(np.float32), total[1].astype(np.float32)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _weighted_column_sums(U, c, bounds, partials):  # pragma: no cover - compiled
+    k = U.shape[1]
+    for ch in prange(bounds.shape[0] - 1):
+        cu = partials[ch, 0]
+        us = partials[ch, 1]
+        for i in range(bounds[ch], bounds[ch + 1]):
+            ci = c[i]
+            for t in range(k):
+                u = np.float64(U[i, t])
+                cu[t] += ci * u
+                us[t] += u
+
+
+def weighted_column_sums(U: np.ndarray, c: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """``c^T U`` and ``1^T U`` (float64 (k,)) of a float32 ``U`` (cells x k) in one pass, without a
+    float64 copy of ``U``; partial sums per thread chunk, added in order (deterministic)."""
+    threads = use_threads(threads)
+    n, k = U.shape
+    parts = max(1, min(threads, n))
+    bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+    partials = np.zeros((parts, 2, k), dtype=np.float64)
+    with _LAUNCH:
+        _weighted_column_sums(U, np.asarray(c, dtype=np.float64), bounds, partials)
+    total = partials[0].copy()
+    for t in range(1, parts):
+        total += partials[t]
+    return total[0], total[1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -406,6 +406,11 @@ class StandardizedOperator:
     def _scaled_right(self, V: Any) -> tuple[Any, Any, Any]:
         """``W = V / sigma`` (float32, scattered to all genes of ``D``), ``1^T W`` and ``mu^T W``."""
         xp = self.backend.xp
+        if self.cpu_kernels:
+            from ._cpu_kernels import scaled_right  # CPU twin of the lines below
+
+            W, colsum, shift = scaled_right(np.asarray(V), self.inv_scale, self.mean, self.workers)
+            return (W if self.genes is None else self._select @ W), colsum, shift
         W64 = xp.asarray(V).astype(xp.float64) * self.inv_scale[:, None]
         W = W64.astype(xp.float32)
         colsum = W64.sum(axis=0).astype(xp.float32)
@@ -453,7 +458,7 @@ class StandardizedOperator:
         if self._cpu_sparse:
             # D_b^T U_b scattered into one float32 partial sum per thread (CPU twin of the generic
             # loop below); partials are added to the float64 total every FLUSH_ROWS cells.
-            from ._cpu_kernels import csr_rmatmat_accumulate, finish_transposed
+            from ._cpu_kernels import csr_rmatmat_accumulate, finish_transposed, weighted_column_sums
 
             U32 = np.ascontiguousarray(U, dtype=np.float32)
             partials = np.zeros((self.workers, self.S.n_genes, k), dtype=np.float32)
@@ -467,11 +472,10 @@ class StandardizedOperator:
                     acc = total if acc is None else np.add(acc, total, out=acc)
                     partials[...] = 0.0
                     since_flush = 0
-            U64 = U.astype(np.float64)
+            cu, usum = weighted_column_sums(U32, self.S.c, self.workers)
             # Last flush and _finish_rmatmat in one pass (its compiled twin).
             rows = np.arange(self.S.n_genes) if self.genes is None else self.genes
-            return finish_transposed(partials, acc, rows, self.S.c @ U64, U64.sum(axis=0), self.mean,
-                                     self.inv_scale, self.workers)
+            return finish_transposed(partials, acc, rows, cu, usum, self.mean, self.inv_scale, self.workers)
         U32 = U.astype(xp.float32)
         sums = self._transposed_sums(k)
         for start, stop, blk, cb in self._blocks_for_products():

@@ -249,3 +249,24 @@ def test_products_context_limits_blas_around_compiled_kernels():
     assert blas() == before
     with StandardizedOperator(S, scaling, dense_tiles=True).products_context():
         assert blas() == before
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_scaled_right_and_weighted_column_sums_match_numpy(order, threads):
+    """The one-pass twins of StandardizedOperator._scaled_right and of rmatmat's c^T U, 1^T U."""
+    rng = np.random.default_rng(threads)
+    V = np.asarray(rng.standard_normal((97, 13)).astype(np.float32), order=order)
+    inv_scale = rng.uniform(0.5, 2.0, 97)
+    mean = rng.standard_normal(97)
+    W, colsum, shift = K.scaled_right(V, inv_scale, mean, threads)
+    W64 = V.astype(np.float64) * inv_scale[:, None]
+    assert W.dtype == np.float32 and W.flags.c_contiguous
+    np.testing.assert_array_equal(W, W64.astype(np.float32))
+    np.testing.assert_allclose(colsum, W64.sum(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(shift, mean @ W64, rtol=1e-6, atol=1e-6)
+    U = np.asarray(rng.standard_normal((50, 7)).astype(np.float32), order=order)
+    c = rng.standard_normal(50)
+    cu, usum = K.weighted_column_sums(U, c, threads)
+    np.testing.assert_allclose(cu, c @ U.astype(np.float64), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(usum, U.astype(np.float64).sum(axis=0), rtol=1e-12, atol=1e-12)
