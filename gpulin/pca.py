@@ -271,7 +271,7 @@ def pca(
     else:
         l = min(k + n_oversamples, n, G)
         K, Y, H, M = _block_krylov(op, l, n_iter, seed)
-        lam, C = _ritz_vectors(H, M, k)
+        _, C = _ritz_vectors(H, M, k)
         del H, M
         # V = K C (loadings) and A V = (A K) C = Y C (scores): the Rayleigh-Ritz step needs no
         # pass over the data. C is float64 with C^T (K^T K) C = I.
@@ -518,11 +518,12 @@ def _block_krylov(op: Any, l: int, n_iter: int, seed: int) -> tuple[Any, Any, np
     ``[Omega, H Omega, ..., H^q Omega]`` of ``H = A^T A`` (``Omega``: genes x l, Gaussian, drawn on
     the host from ``seed``). ``A Z_j`` and ``A^T A Z_j`` come from one fused pass over the data
     (:meth:`StandardizedOperator.matmat_rmatmat`); ``A^T A Z_j`` is orthogonalized against the
-    blocks so far (block Gram-Schmidt, float32) and orthonormalized (CholeskyQR2) into ``Z_{j+1}``.
+    blocks so far (block Gram-Schmidt, float32) and orthonormalized (one CholeskyQR pass, Householder
+    when that fails) into ``Z_{j+1}``.
     ``Y = A K`` is kept, so the Rayleigh-Ritz step (:func:`_ritz_vectors` on ``Y^T Y`` and
     ``K^T K``) needs no further pass: ``2 q + 1`` products in all, against ``2 q + 3`` for
     subspace iteration with ``q`` power iterations, and a far better subspace for the same
-    products since every block is kept (on the 20k-cell atlas and Baron, ``q = 3`` beat subspace
+    products since every block is kept (on an 8,000-cell atlas and on Baron, ``q = 3`` beat subspace
     iteration with 4 power iterations; ``benchmarks/README.md``).
 
     Returns
@@ -562,10 +563,9 @@ def _block_krylov(op: Any, l: int, n_iter: int, seed: int) -> tuple[Any, Any, np
             B = B.astype(xp.float32)
             B -= prev @ xp.asarray(Hj.astype(np.float32))
             del prev
-            # One CholeskyQR pass: the blocks need not be orthonormal to the last bit, the
-            # Rayleigh-Ritz step uses the exact K^T K.
-            # float32 Gram (float64 across row blocks): after the projection B is well conditioned,
-            # and the Householder fallback takes over when it is not.
+            # One CholeskyQR pass with a float32 Gram matrix (float64 across row blocks): the blocks
+            # need not be orthonormal to the last bit, as the Rayleigh-Ritz step uses the exact
+            # K^T K; after the projection B is well conditioned, and Householder takes over when not.
             K[:, (j + 1) * l : (j + 2) * l] = _qr(B, xp, passes=1, gram=_gram_blocked)[0].astype(xp.float32, copy=False)
             del B
     # Outside the products context: this GEMM may use every BLAS thread.
