@@ -310,19 +310,40 @@ def finish_transposed(
 # The dense side of the standardized operator's products, one pass each
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, nogil=True)
-def _scaled_right(V, inv_scale, mean, bounds, W, partials):  # pragma: no cover - compiled
+def _scaled_sums(V, scale, weight, bounds, write, W, partials):  # pragma: no cover - compiled
     k = V.shape[1]
     for ch in prange(bounds.shape[0] - 1):
-        cs = partials[ch, 0]
-        sh = partials[ch, 1]
-        for g in range(bounds[ch], bounds[ch + 1]):
-            s = inv_scale[g]
-            m = mean[g]
+        plain = partials[ch, 0]
+        weighted = partials[ch, 1]
+        for r in range(bounds[ch], bounds[ch + 1]):
+            s = scale[r]
+            u = weight[r]
             for t in range(k):
-                w = np.float64(V[g, t]) * s
-                W[g, t] = np.float32(w)
-                cs[t] += w
-                sh[t] += m * w
+                w = np.float64(V[r, t]) * s
+                if write:
+                    W[r, t] = np.float32(w)
+                plain[t] += w
+                weighted[t] += u * w
+
+
+def _scaled_column_sums(
+    V: np.ndarray, scale: np.ndarray, weight: np.ndarray, threads: int, write: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """``W = diag(scale) V`` (float32, if ``write``), ``1^T W`` and ``weight^T W`` (float64) in one
+    pass over the rows of ``V``; per-chunk partial sums added in chunk order (deterministic)."""
+    threads = use_threads(threads)
+    n, k = V.shape
+    parts = max(1, min(threads, n))
+    bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+    W = np.empty((n, k) if write else (1, 1), dtype=np.float32)
+    partials = np.zeros((parts, 2, k), dtype=np.float64)
+    with _LAUNCH:
+        _scaled_sums(V, np.asarray(scale, dtype=np.float64), np.asarray(weight, dtype=np.float64), bounds, write, W,
+                     partials)
+    total = partials[0].copy()
+    for t in range(1, parts):
+        total += partials[t]
+    return (W if write else None), total[0], total[1]
 
 
 def scaled_right(V: np.ndarray, inv_scale: np.ndarray, mean: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -330,48 +351,15 @@ def scaled_right(V: np.ndarray, inv_scale: np.ndarray, mean: np.ndarray, threads
     float64) in one pass over ``V`` (genes x k): the CPU twin of
     ``StandardizedOperator._scaled_right`` (one float64 copy of ``V`` and three passes over it).
     """
-    threads = use_threads(threads)
-    G, k = V.shape
-    parts = max(1, min(threads, G))
-    bounds = np.linspace(0, G, parts + 1).astype(np.int64)
-    W = np.empty((G, k), dtype=np.float32)
-    partials = np.zeros((parts, 2, k), dtype=np.float64)
-    with _LAUNCH:
-        _scaled_right(V, np.asarray(inv_scale, dtype=np.float64), np.asarray(mean, dtype=np.float64), bounds, W, partials)
-    total = partials[0].copy()
-    for t in range(1, parts):
-        total += partials[t]
-    return W, total[0].astype(np.float32), total[1].astype(np.float32)
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _weighted_column_sums(U, c, bounds, partials):  # pragma: no cover - compiled
-    k = U.shape[1]
-    for ch in prange(bounds.shape[0] - 1):
-        cu = partials[ch, 0]
-        us = partials[ch, 1]
-        for i in range(bounds[ch], bounds[ch + 1]):
-            ci = c[i]
-            for t in range(k):
-                u = np.float64(U[i, t])
-                cu[t] += ci * u
-                us[t] += u
+    W, colsum, shift = _scaled_column_sums(V, inv_scale, mean, threads, write=True)
+    return W, colsum.astype(np.float32), shift.astype(np.float32)
 
 
 def weighted_column_sums(U: np.ndarray, c: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
     """``c^T U`` and ``1^T U`` (float64 (k,)) of a float32 ``U`` (cells x k) in one pass, without a
-    float64 copy of ``U``; partial sums per thread chunk, added in order (deterministic)."""
-    threads = use_threads(threads)
-    n, k = U.shape
-    parts = max(1, min(threads, n))
-    bounds = np.linspace(0, n, parts + 1).astype(np.int64)
-    partials = np.zeros((parts, 2, k), dtype=np.float64)
-    with _LAUNCH:
-        _weighted_column_sums(U, np.asarray(c, dtype=np.float64), bounds, partials)
-    total = partials[0].copy()
-    for t in range(1, parts):
-        total += partials[t]
-    return total[0], total[1]
+    float64 copy of ``U``."""
+    _, usum, cu = _scaled_column_sums(U, np.ones(U.shape[0]), c, threads, write=False)
+    return cu, usum
 
 
 # ---------------------------------------------------------------------------------------------
