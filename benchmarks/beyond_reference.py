@@ -30,7 +30,12 @@ sys.path.insert(0, str(HERE.parent))
 VARIANTS = {
     "preset souza-mehta-2026": ("souza-mehta-2026", {}),
     "preset souza-mehta-2026, solver='auto' (exact PCA here)": ("souza-mehta-2026", {"solver": "auto"}),
-    "preset cross-species (n_components=50)": ("cross-species", {}),
+    "preset cross-species (class-balanced ridge, 50 comps)": ("cross-species", {}),
+    "preset cross-species, PCA seed 1": ("cross-species", {"seed": 1}),
+    "preset cross-species, exact PCA": ("cross-species", {"solver": "gram"}),
+    "model='logistic', n_components=50": ("cross-species", {"model": "logistic"}),
+    "model='logistic', n_components=50, PCA seed 1": ("cross-species", {"model": "logistic", "seed": 1}),
+    "model='logistic', n_components=50, exact PCA": ("cross-species", {"model": "logistic", "solver": "gram"}),
     "model='ridge' (class-balanced, 220 comps)": ("souza-mehta-2026", {"model": "ridge", "solver": "auto"}),
     "model='ridge', n_components=50": ("souza-mehta-2026", {"model": "ridge", "n_components": 50, "solver": "auto"}),
     "model='ridge', n_components=100": ("souza-mehta-2026", {"model": "ridge", "n_components": 100, "solver": "auto"}),

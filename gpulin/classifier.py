@@ -27,11 +27,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         method="sctop", n_genes=20_000, scale=True, n_components=220, whiten=True, solver="sklearn",
         model="logistic", C=1.0, alpha=1.0, class_weight="balanced", max_iter=1000, tol=1e-4,
     ),
-    # Cross-species transfer (benchmarks/README.md): fewer, whitened components generalize better
-    # across species than 220 (Baron human->mouse 0.758 vs 0.641 macro F1, mouse->human 0.770 vs 0.778).
+    # Cross-species transfer (benchmarks/README.md): 50 whitened components and a class-balanced
+    # ridge head. Baron human->mouse / mouse->human macro F1 0.723-0.739 / 0.774-0.790 over four PCA
+    # seeds and the exact PCA, against the published pipeline's 0.662 / 0.763. A logistic head on
+    # the same 50 components swings between 0.647 and 0.742 human->mouse with the PCA seed: it leans
+    # on the trailing whitened components, which are noise-level here.
     "cross-species": dict(
         method="sctop", n_genes=20_000, scale=True, n_components=50, whiten=True, solver="auto",
-        model="logistic", C=1.0, alpha=1.0, class_weight="balanced", max_iter=1000, tol=1e-4,
+        model="ridge", C=1.0, alpha=1.0, class_weight="balanced", max_iter=1000, tol=1e-4,
     ),
     # A faster linear baseline from the same parts.
     "lognorm-ridge": dict(
