@@ -430,8 +430,8 @@ class StandardizedOperator:
 
         With dense row tiles both products come from one pass: each tile of ``D`` is densified
         once for two GEMMs (on a GPU the densification costs about as much as the GEMMs). Sparse
-        blocks take :meth:`matmat` then :meth:`rmatmat`. Power iterations use this with the
-        orthonormalization applied afterwards as a right factor (see :func:`gpulin.pca.pca`).
+        blocks take :meth:`matmat` then :meth:`rmatmat`. Each block Krylov iteration
+        (:func:`gpulin.pca._block_krylov`) and each ``solver="sklearn"`` power round is one call.
         """
         if not self.dense_tiles:
             Y = self.matmat(V)
