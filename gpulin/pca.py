@@ -484,10 +484,10 @@ def _ritz_vectors(H: np.ndarray, M: np.ndarray, k: int, rtol: float = 1e-6) -> t
     """Top ``k`` eigenpairs of the pencil ``(H, M)``: ``H c = lam M c``, ``c^T M c = 1`` (float64, host).
 
     ``M = K^T K`` is the Gram matrix of a float32 Krylov basis, orthonormal up to rounding (or
-    redundant, where the Krylov space became numerically invariant). A Cholesky factor whitens it;
-    when ``M`` is not safely positive definite, its eigenvectors with eigenvalues below ``rtol``
-    times the largest are dropped instead (the first block alone is orthonormal, so at least
-    ``l >= k`` directions remain).
+    redundant, where the Krylov space became numerically invariant). When ``M`` is safely positive
+    definite the pencil goes to LAPACK's generalized solver; otherwise the eigenvectors of ``M``
+    with eigenvalues below ``rtol`` times the largest are dropped and the rest whiten it (the first
+    block alone is orthonormal, so at least ``l >= k`` directions remain).
 
     Returns
     -------
@@ -496,11 +496,13 @@ def _ritz_vectors(H: np.ndarray, M: np.ndarray, k: int, rtol: float = 1e-6) -> t
     """
     m = M.shape[0]
     try:
-        L = np.linalg.cholesky(M)
-        d = np.diag(L)
+        d = np.diag(np.linalg.cholesky(M))
         if not d.min() > np.sqrt(rtol) * d.max():
             raise np.linalg.LinAlgError
-        T = scipy.linalg.solve_triangular(L, np.eye(m), lower=True).T  # L^-T
+        # LAPACK's generalized solver for the wanted pairs only (sygvx): half the time of forming
+        # L^-1 H L^-T and calling eigh (1,056 x 1,056, 220 pairs: 0.17 s vs 0.36 s here).
+        lam, C = scipy.linalg.eigh(H, M, subset_by_index=[m - k, m - 1], driver="gvx", check_finite=False)
+        return lam[::-1], C[:, ::-1]
     except np.linalg.LinAlgError:
         mu, E = np.linalg.eigh(M)
         keep = mu > rtol * mu.max()

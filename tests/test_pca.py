@@ -217,6 +217,23 @@ def test_krylov_on_rank_deficient_data(small_qr_size, dense_tiles, monkeypatch):
     np.testing.assert_allclose(res.components @ res.components.T, np.eye(12), atol=1e-4)
 
 
+def test_ritz_vectors_of_a_slightly_non_orthonormal_basis():
+    """K^T K close to I (a float32 basis): the generalized solver's pairs, C^T M C = I, equal the
+    Ritz pairs of an exactly orthonormalized basis of the same span."""
+    from gpulin.pca import _ritz_vectors
+
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((80, 30))
+    K = np.linalg.qr(rng.standard_normal((30, 12)))[0] + 1e-4 * rng.standard_normal((30, 12))
+    Y = A @ K
+    lam, C = _ritz_vectors(Y.T @ Y, K.T @ K, 5)
+    np.testing.assert_allclose(C.T @ (K.T @ K) @ C, np.eye(5), atol=1e-10)
+    Q = np.linalg.qr(K)[0]
+    ref = np.linalg.eigvalsh((A @ Q).T @ (A @ Q))[::-1][:5]
+    np.testing.assert_allclose(lam, ref, rtol=1e-10)
+    assert np.all(np.diff(lam) <= 0)
+
+
 def test_ritz_vectors_whiten_a_redundant_basis():
     """K^T K singular (a repeated column): the redundant direction is dropped, C^T M C = I."""
     from gpulin.pca import _ritz_vectors
