@@ -58,7 +58,7 @@ def main() -> None:
     patches = [
         (imp.StandardizedOperator, "matmat"), (imp.StandardizedOperator, "rmatmat"),
         (imp.StandardizedOperator, "matmat_rmatmat"), (imp, "csr_rows_to_dense"),
-        (pca_mod, "orthonormalize"), (pca_mod, "_gram64"), (pca_mod, "_qr"), (pca_mod, "_gram_blocked"),
+        (pca_mod, "orthonormalize"), (pca_mod, "_gram64"), (pca_mod, "_qr"), (pca_mod, "_gram32"),
         (pca_mod, "_ritz_vectors"), (pca_mod, "_block_krylov"),
     ]
     originals = [(obj, name, getattr(obj, name)) for obj, name in patches]

@@ -55,13 +55,31 @@ class PCAResult:
     n_oversamples: int
 
 
-def _gram64(Y: Any, xp: Any, block_rows: int = 1 << 16) -> np.ndarray:
-    """``Y.T @ Y`` in float64 (host), accumulated over row blocks of ``Y``."""
-    acc = xp.zeros((Y.shape[1], Y.shape[1]), dtype=xp.float64)
+def _gram64(Y: Any, xp: Any, right: Any | None = None, *, float32_products: bool = False) -> np.ndarray:
+    """``Y.T @ Y`` (or ``Y.T @ right``) in float64 (host), accumulated over row blocks.
+
+    By default each block is converted to float64 before its product. With
+    ``float32_products=True`` the blocks (8,192 rows on the host, 65,536 on a GPU, where each block
+    costs kernel launches) are multiplied in float32 and only accumulated in float64: the rounding
+    still does not grow with the number of rows, at the speed of float32 GEMM and without float64
+    copies (Krylov Gram matrices, and CholeskyQR of well-conditioned float32 blocks).
+    """
+    R = Y if right is None else right
+    block_rows = (8192 if xp is np else 1 << 16) if float32_products else 1 << 16
+    acc = xp.zeros((Y.shape[1], R.shape[1]), dtype=xp.float64)
     for s in range(0, Y.shape[0], block_rows):
-        Yb = Y[s : s + block_rows].astype(xp.float64)
-        acc += Yb.T @ Yb
+        Yb, Rb = Y[s : s + block_rows], R[s : s + block_rows]
+        if float32_products:
+            acc += (Yb.T @ Rb).astype(xp.float64)
+        else:
+            Yb = Yb.astype(xp.float64)
+            acc += Yb.T @ (Yb if right is None else Rb.astype(xp.float64))
     return np.asarray(to_host(acc))
+
+
+def _gram32(Y: Any, xp: Any, right: Any | None = None) -> np.ndarray:
+    """:func:`_gram64` with float32 block products (accumulated in float64)."""
+    return _gram64(Y, xp, right, float32_products=True)
 
 
 #: On the host, bases of at most this many entries are orthonormalized by one Householder QR:
@@ -465,21 +483,6 @@ def _column_sumsq64(X: Any, xp: Any, block_rows: int = 1 << 15) -> np.ndarray:
     return np.asarray(to_host(acc))
 
 
-def _gram_blocked(Y: Any, xp: Any, block_rows: int | None = None, right: Any | None = None) -> np.ndarray:
-    """``Y.T @ Y`` (or ``Y.T @ right``; float64, host) for float32 arrays: float32 GEMMs over
-    blocks of ``block_rows`` rows (default 8,192 on the host, 65,536 on a GPU, where each block
-    costs kernel launches), accumulated in float64 across blocks (so the rounding does not grow
-    with the number of rows, at the speed of float32 GEMM; :func:`_gram64` converts to float64
-    first)."""
-    if block_rows is None:
-        block_rows = 8192 if xp is np else 1 << 16
-    R = Y if right is None else right
-    acc = xp.zeros((Y.shape[1], R.shape[1]), dtype=xp.float64)
-    for s in range(0, Y.shape[0], block_rows):
-        acc += (Y[s : s + block_rows].T @ R[s : s + block_rows]).astype(xp.float64)
-    return np.asarray(to_host(acc))
-
-
 def _ritz_vectors(H: np.ndarray, M: np.ndarray, k: int, rtol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` eigenpairs of the pencil ``(H, M)``: ``H c = lam M c``, ``c^T M c = 1`` (float64, host).
 
@@ -557,7 +560,7 @@ def _block_krylov(op: Any, l: int, n_iter: int, seed: int) -> tuple[Any, Any, np
             del Z
             # Column block j of H = Y^T Y. Its upper part, Y_{<=j}^T Y_j = K_{<=j}^T A^T A Z_j,
             # is also the block Gram-Schmidt coefficient of B against K_{<=j}.
-            Hj = _gram_blocked(Y[:, : (j + 1) * l], xp, right=Y[:, cur])
+            Hj = _gram32(Y[:, : (j + 1) * l], xp, right=Y[:, cur])
             H[: (j + 1) * l, cur] = Hj
             H[cur, : (j + 1) * l] = Hj.T
             if j == q:
@@ -569,8 +572,8 @@ def _block_krylov(op: Any, l: int, n_iter: int, seed: int) -> tuple[Any, Any, np
             # One CholeskyQR pass with a float32 Gram matrix (float64 across row blocks): the blocks
             # need not be orthonormal to the last bit, as the Rayleigh-Ritz step uses the exact
             # K^T K; after the projection B is well conditioned, and Householder takes over when not.
-            K[:, (j + 1) * l : (j + 2) * l] = _qr(B, xp, passes=1, gram=_gram_blocked)[0].astype(xp.float32, copy=False)
+            K[:, (j + 1) * l : (j + 2) * l] = _qr(B, xp, passes=1, gram=_gram32)[0].astype(xp.float32, copy=False)
             del B
     # Outside the products context: this GEMM may use every BLAS thread.
-    return K, Y, H, _gram_blocked(K, xp)
+    return K, Y, H, _gram32(K, xp)
 
