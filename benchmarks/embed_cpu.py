@@ -8,7 +8,10 @@ Each measurement runs in a fresh subprocess (so peak RSS is its own) on the same
   n_components=50)`` vs scanpy (``normalize_total`` + ``log1p`` + ``pca(50)``, all genes).
 
 Timings are medians of ``--repeats`` runs after a warm-up run (the peers run once: they take
-minutes). Memory: peak traced NumPy allocations inside the call (``tracemalloc``) and the growth
+minutes). Both sides' PCAs are approximate, so each entry also records the share of the total
+variance that gpulin's components capture relative to the peer's (``variance_captured_vs_peer``,
+>= 1 when gpulin's are at least as good; ``benchmarks/pca_accuracy.py`` compares both with an
+exact decomposition). Memory: peak traced NumPy allocations inside the call (``tracemalloc``) and the growth
 of the process's peak RSS over its size before the call, both against the CSR input's size.
 
 Usage::
@@ -88,6 +91,7 @@ def job_gpulin(path: str, method: str, n_components: int, repeats: int, device: 
         "rss_growth_bytes": max(0, _rss_peak_bytes() - rss0),
         "csr_bytes": _csr_bytes(adata.X),
         "embedding": a.obsm["X_gpulin"][:, :10].tolist() if a.n_obs <= 20000 else None,
+        "variance_ratio_sum": float(np.sum(a.uns["X_gpulin"]["variance_ratio"])),
     }
 
 
@@ -107,7 +111,8 @@ def job_reference(path: str, n_components: int) -> dict:
     t1 = time.perf_counter()
     zs = StandardScaler().fit_transform(z)
     t2 = time.perf_counter()
-    emb = PCA(n_components, svd_solver="randomized", random_state=0).fit_transform(zs)
+    pca = PCA(n_components, svd_solver="randomized", random_state=0)
+    emb = pca.fit_transform(zs)
     t3 = time.perf_counter()
     return {
         "seconds": t3 - t0,
@@ -115,6 +120,7 @@ def job_reference(path: str, n_components: int) -> dict:
         "rss_growth_bytes": max(0, _rss_peak_bytes() - rss0),
         "csr_bytes": _csr_bytes(adata.X),
         "embedding": emb[:, :10].tolist(),
+        "variance_ratio_sum": float(np.sum(pca.explained_variance_ratio_)),
     }
 
 
@@ -136,6 +142,7 @@ def job_scanpy(path: str, n_components: int) -> dict:
         "rss_growth_bytes": max(0, _rss_peak_bytes() - rss0),
         "csr_bytes": _csr_bytes(adata.X),
         "scanpy_version": sc.__version__,
+        "variance_ratio_sum": float(np.sum(adata.uns["pca"]["variance_ratio"])),
     }
 
 
@@ -260,6 +267,9 @@ def main() -> None:
                 theirs = run_child(peer, path, k)
                 entry[peer.__name__[4:]] = theirs
                 entry["speedup"] = theirs["seconds"] / ours["seconds"]
+                # Both PCAs are approximate: the share of the total variance their components
+                # capture (>= 1 here: gpulin's components capture at least as much as the peer's).
+                entry["variance_captured_vs_peer"] = ours["variance_ratio_sum"] / theirs["variance_ratio_sum"]
                 if ours.get("embedding") and theirs.get("embedding"):
                     entry["min_canonical_corr_top10"] = subspace_agreement(ours["embedding"], theirs["embedding"])
             entry["gpulin_peak_traced_over_csr"] = ours["traced_peak_bytes"] / ours["csr_bytes"]

@@ -1,0 +1,93 @@
+"""Dense host work on tall float32 matrices, split over row ranges in Python threads.
+
+Between the compiled sparse products of the randomized PCA, BLAS runs on one thread (OpenBLAS's
+worker threads keep spinning after a multithreaded call and take the cores from the next kernel;
+:func:`gpulin._cpu_kernels.single_threaded_blas`). The tall-skinny GEMMs in between (Gram matrices
+of 20,000 x 230 blocks, Gram-Schmidt updates, CholeskyQR solves) then ran on one core of two. Here
+each of ``cpu_workers()`` Python threads calls a single-threaded BLAS on its own rows (NumPy
+releases the GIL in GEMM), so they use every core and leave no spinning threads behind. Row ranges
+are fixed by the row count and the thread count, and partial sums are added in range order, so
+results are deterministic for a given thread count.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+#: Below this many rows one thread does it all (thread hand-off costs more than it saves).
+MIN_ROWS_PER_THREAD = 2048
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < workers:  # noqa: SLF001 - sizing only
+            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpulin-rows")
+        return _POOL
+
+
+def row_ranges(n_rows: int, workers: int) -> list[tuple[int, int]]:
+    """``workers`` (or fewer) contiguous ``(start, stop)`` ranges covering ``range(n_rows)``."""
+    parts = max(1, min(int(workers), n_rows // MIN_ROWS_PER_THREAD))
+    edges = np.linspace(0, n_rows, parts + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def map_rows(fn: Callable[[int, int], Any], n_rows: int, workers: int | None = None) -> list[Any]:
+    """``[fn(start, stop) for each row range]``, the ranges run concurrently with one BLAS thread each.
+
+    ``fn`` must only read shared inputs and write disjoint rows of shared outputs.
+    """
+    from ._cpu_kernels import single_threaded_blas
+    from .implicit import cpu_workers
+
+    ranges = row_ranges(n_rows, cpu_workers() if workers is None else workers)
+    with single_threaded_blas():
+        if len(ranges) == 1:
+            return [fn(*ranges[0])]
+        futures = [_pool(len(ranges)).submit(fn, a, b) for a, b in ranges]
+        return [f.result() for f in futures]
+
+
+def matmul_into(out: np.ndarray, A: np.ndarray, B: np.ndarray, *, subtract: bool = False) -> np.ndarray:
+    """``out = A @ B`` (or ``out -= A @ B``) for a tall ``A`` (rows x p) and a small ``B`` (p x q), by row ranges."""
+
+    def part(a: int, b: int) -> None:
+        if subtract:
+            out[a:b] -= A[a:b] @ B
+        else:
+            np.matmul(A[a:b], B, out=out[a:b])
+
+    map_rows(part, A.shape[0])
+    return out
+
+
+def gram(Y: np.ndarray, right: np.ndarray | None, block_rows: int, float32_products: bool) -> np.ndarray:
+    """``Y.T @ Y`` (or ``Y.T @ right``) in float64, each thread over its rows in blocks of ``block_rows``."""
+
+    def part(a: int, b: int) -> np.ndarray:
+        acc = np.zeros((Y.shape[1], Y.shape[1] if right is None else right.shape[1]), dtype=np.float64)
+        for s in range(a, b, block_rows):
+            e = min(s + block_rows, b)
+            Yb = Y[s:e]
+            Rb = Yb if right is None else right[s:e]
+            if float32_products:
+                acc += Yb.T @ Rb
+            else:
+                Yb = Yb.astype(np.float64)
+                acc += Yb.T @ (Yb if right is None else Rb.astype(np.float64))
+        return acc
+
+    parts = map_rows(part, Y.shape[0])
+    total = parts[0]
+    for p in parts[1:]:
+        total += p
+    return total
