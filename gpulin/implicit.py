@@ -382,15 +382,16 @@ class StandardizedOperator:
         """Sparse products through the compiled CPU kernels (``cpu_kernels=False``: the generic path)."""
         return self.cpu_kernels and not self.dense_tiles
 
-    def matmat(self, V: Any) -> Any:
+    def matmat(self, V: Any, out: Any | None = None) -> Any:
         """``A @ V`` for V of shape (n_genes, k); returns float32 (n_cells, k) on device.
 
         ``D W + c (1^T W) - 1 (mu^T W)`` with ``W = V / sigma``; ``D W`` is a sparse product, or a
         GEMM on a dense row tile of ``D`` when the matrix is dense enough for that to be faster.
+        ``out``: a C-contiguous float32 (n_cells, k) array on the device to write the result into.
         """
         xp = self.backend.xp
         Wfull, colsum, shift = self._scaled_right(V)
-        out = xp.empty((self.shape[0], Wfull.shape[1]), dtype=xp.float32)
+        out = self._output(out, Wfull.shape[1])
         if self._cpu_sparse:
             from ._cpu_kernels import csr_matmat  # CPU twin of the generic loop below
 
@@ -401,6 +402,15 @@ class StandardizedOperator:
             return out
         for start, stop, blk, cb in self._blocks_for_products():
             out[start:stop] = self._rows_times(blk, cb, Wfull, colsum, shift)
+        return out
+
+    def _output(self, out: Any | None, k: int) -> Any:
+        xp = self.backend.xp
+        if out is None:
+            return xp.empty((self.shape[0], k), dtype=xp.float32)
+        if out.shape != (self.shape[0], k) or out.dtype != xp.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous float32 array of shape {(self.shape[0], k)}, "
+                             f"got {out.dtype} {out.shape}.")
         return out
 
     def _scaled_right(self, V: Any) -> tuple[Any, Any, Any]:
@@ -425,21 +435,22 @@ class StandardizedOperator:
         res -= shift[None, :]
         return res
 
-    def matmat_rmatmat(self, V: Any) -> tuple[Any, Any]:
+    def matmat_rmatmat(self, V: Any, out: Any | None = None) -> tuple[Any, Any]:
         """``Y = A @ V`` (float32, (n_cells, k)) and ``A.T @ Y`` (float64, (n_genes, k)).
 
         With dense row tiles both products come from one pass: each tile of ``D`` is densified
         once for two GEMMs (on a GPU the densification costs about as much as the GEMMs). Sparse
         blocks take :meth:`matmat` then :meth:`rmatmat`. Each block Krylov iteration
         (:func:`gpulin.pca._block_krylov`) and each ``solver="sklearn"`` power round is one call.
+        ``out``: where to write ``Y`` (as in :meth:`matmat`).
         """
         if not self.dense_tiles:
-            Y = self.matmat(V)
+            Y = self.matmat(V, out=out)
             return Y, self.rmatmat(Y)
         xp = self.backend.xp
         Wfull, colsum, shift = self._scaled_right(V)
         k = Wfull.shape[1]
-        Y = xp.empty((self.shape[0], k), dtype=xp.float32)
+        Y = self._output(out, k)
         sums = self._transposed_sums(k)
         for start, stop, blk, cb in self._blocks_for_products():
             Yb = self._rows_times(blk, cb, Wfull, colsum, shift)

@@ -311,12 +311,12 @@ def pca(
         del H, M
         # V = K C (loadings) and A V = (A K) C = Y C (scores): the Rayleigh-Ritz step needs no
         # pass over the data. C is float64 with C^T (K^T K) C = I.
-        C32 = xp.asarray(C.astype(np.float32))
-        components = np.ascontiguousarray(to_host(K @ C32).T, dtype=np.float64)
+        C32 = C.astype(np.float32)
+        components = np.ascontiguousarray(to_host(_stacked_times(K, C32, xp)).T, dtype=np.float64)
         del K
         signs = _flip_signs(components)
         components *= signs[:, None]
-        scores = Y @ (C32 * xp.asarray(signs.astype(np.float32)))
+        scores = _stacked_times(Y, C32 * signs.astype(np.float32), xp)
         del Y
         # Report ||A v_j|| (the Rayleigh quotient of the returned loadings, sqrt(lam) up to
         # rounding) so that explained variances, and whitened scores, describe the scores returned.
@@ -534,6 +534,27 @@ def _ritz_vectors(H: np.ndarray, M: np.ndarray, k: int, rtol: float = 1e-6) -> t
     return lam[::-1], T @ W[:, ::-1]
 
 
+def _stacked_times(X: Any, C: np.ndarray, xp: Any) -> Any:
+    """``[X_0, ..., X_q] @ C`` (float32, rows x c) for the stacked blocks ``X`` (q+1, rows, l) on
+    the device and a host ``C`` ((q+1) l, c); host: row ranges in threads."""
+    l = X.shape[2]
+    blocks = [C[j * l : (j + 1) * l] for j in range(X.shape[0])]
+    if xp is not np:
+        out = X[0] @ xp.asarray(blocks[0])
+        for j in range(1, X.shape[0]):
+            out += X[j] @ xp.asarray(blocks[j])
+        return out
+    out = np.empty((X.shape[1], C.shape[1]), dtype=np.float32)
+
+    def part(a: int, b: int) -> None:
+        np.matmul(X[0, a:b], blocks[0], out=out[a:b])
+        for j in range(1, X.shape[0]):
+            out[a:b] += X[j, a:b] @ blocks[j]
+
+    _host_rows.map_rows(part, X.shape[1])
+    return out
+
+
 def _block_krylov(op: Any, l: int, n_iter: int, seed: int) -> tuple[Any, Any, np.ndarray, np.ndarray]:
     """Randomized block Krylov iteration (Musco & Musco 2015) on the gene side of ``op``.
 
@@ -546,55 +567,60 @@ def _block_krylov(op: Any, l: int, n_iter: int, seed: int) -> tuple[Any, Any, np
     ``Y = A K`` is kept, so the Rayleigh-Ritz step (:func:`_ritz_vectors` on ``Y^T Y`` and
     ``K^T K``) needs no further pass: ``2 q + 1`` products in all, against ``2 q + 3`` for
     subspace iteration with ``q`` power iterations, and a far better subspace for the same
-    products since every block is kept (on an 8,000-cell atlas and on Baron, ``q = 3`` beat subspace
-    iteration with 4 power iterations; ``benchmarks/README.md``).
+    products since every block is kept. The blocks are stored one after the other (``K[j]`` and
+    ``Y[j]`` contiguous), so the products read and write them in place.
 
     Returns
     -------
-    K : float32 (G, m), ``m = (q + 1) l``, on the operator's device
-    Y : float32 (n, m), ``A @ K``
-    H, M : float64 (m, m), host: ``Y^T Y`` and ``K^T K``
+    K : float32 (q + 1, G, l), on the operator's device: ``K[j] = Z_j``
+    Y : float32 (q + 1, n, l), ``Y[j] = A @ Z_j``
+    H, M : float64 (m, m), ``m = (q + 1) l``, host: ``Y^T Y`` and ``K^T K`` of the side-by-side blocks
     """
     xp = op.backend.xp
     n, G = op.shape
     q = int(n_iter)
     m = (q + 1) * l
     rng = np.random.default_rng(seed)
-    K = xp.empty((G, m), dtype=xp.float32)
-    Y = xp.empty((n, m), dtype=xp.float32)
+    K = xp.empty((q + 1, G, l), dtype=xp.float32)
+    Y = xp.empty((q + 1, n, l), dtype=xp.float32)
     H = np.zeros((m, m), dtype=np.float64)
+
+    def cols(j: int) -> slice:
+        return slice(j * l, (j + 1) * l)
+
     with _products_context(op):
         # Drawn in float32 directly (4x faster than float64 then a cast: 0.19 -> 0.05 s for 20k x 264).
-        K[:, :l] = orthonormalize(xp.asarray(rng.standard_normal((G, l), dtype=np.float32)), xp, passes=1)
+        K[0] = orthonormalize(xp.asarray(rng.standard_normal((G, l), dtype=np.float32)), xp, passes=1)
         for j in range(q + 1):
-            cur = slice(j * l, (j + 1) * l)
-            Z = xp.ascontiguousarray(K[:, cur])
             if j == q:
-                Y[:, cur] = op.matmat(Z)
+                op.matmat(K[j], out=Y[j])
             else:
-                Yj, B = op.matmat_rmatmat(Z)  # B = A^T A Z_j
-                Y[:, cur] = Yj
-                del Yj
-            del Z
-            # Column block j of H = Y^T Y. Its upper part, Y_{<=j}^T Y_j = K_{<=j}^T A^T A Z_j,
-            # is also the block Gram-Schmidt coefficient of B against K_{<=j}.
-            Hj = _gram32(Y[:, : (j + 1) * l], xp, right=Y[:, cur])
-            H[: (j + 1) * l, cur] = Hj
-            H[cur, : (j + 1) * l] = Hj.T
+                _, B = op.matmat_rmatmat(K[j], out=Y[j])  # B = A^T A Z_j
+            # Column block j of H = Y^T Y. Its upper part, Y_i^T Y_j = K_i^T A^T A Z_j (i <= j), is
+            # also the block Gram-Schmidt coefficient of B against K_i.
+            for i in range(j + 1):
+                Hij = _gram32(Y[i], xp, right=Y[j])
+                H[cols(i), cols(j)] = Hij
+                H[cols(j), cols(i)] = Hij.T
             if j == q:
                 break
-            prev = K[:, : (j + 1) * l]
             B = B.astype(xp.float32, copy=False)
-            if xp is np:
-                _host_rows.matmul_into(B, prev, Hj.astype(np.float32), subtract=True)
-            else:
-                B -= prev @ xp.asarray(Hj.astype(np.float32))
-            del prev
+            for i in range(j + 1):
+                Hij = H[cols(i), cols(j)].astype(np.float32)
+                if xp is np:
+                    _host_rows.matmul_into(B, K[i], Hij, subtract=True)
+                else:
+                    B -= K[i] @ xp.asarray(Hij)
             # One CholeskyQR pass with a float32 Gram matrix (float64 across row blocks): the blocks
             # need not be orthonormal to the last bit, as the Rayleigh-Ritz step uses the exact
             # K^T K; after the projection B is well conditioned, and Householder takes over when not.
-            K[:, (j + 1) * l : (j + 2) * l] = _qr(B, xp, passes=1, gram=_gram32)[0].astype(xp.float32, copy=False)
+            K[j + 1] = _qr(B, xp, passes=1, gram=_gram32)[0]
             del B
-    # Outside the products context: this GEMM may use every BLAS thread.
-    return K, Y, H, _gram32(K, xp)
-
+    # Outside the products context: these GEMMs may use every BLAS thread.
+    M = np.empty((m, m), dtype=np.float64)
+    for j in range(q + 1):
+        for i in range(j + 1):
+            Mij = _gram32(K[i], xp, right=None if i == j else K[j])
+            M[cols(i), cols(j)] = Mij
+            M[cols(j), cols(i)] = Mij.T
+    return K, Y, H, M

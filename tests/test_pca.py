@@ -259,9 +259,9 @@ def test_block_krylov_makes_2q_plus_1_products(low_rank, n_iter):
     for name in calls:
         real = getattr(op, name)
 
-        def counted(*args, _real=real, _name=name):
+        def counted(*args, _real=real, _name=name, **kwargs):
             calls[_name] += 1
-            return _real(*args)
+            return _real(*args, **kwargs)
 
         setattr(op, name, counted)
     res = pca(op, 10, solver="randomized", n_iter=n_iter, seed=0)
