@@ -61,7 +61,7 @@ def _csr_bytes(X) -> int:
 # ---------------------------------------------------------------------------------------------
 # The measured jobs (run in child processes)
 # ---------------------------------------------------------------------------------------------
-def job_gpulin(path: str, method: str, n_components: int, repeats: int, device: str) -> dict:
+def job_gpulin(path: str, method: str, n_components: int, repeats: int, device: str, n_iter: int | None = None) -> dict:
     import anndata as ad
 
     import gpulin
@@ -74,7 +74,7 @@ def job_gpulin(path: str, method: str, n_components: int, repeats: int, device: 
         tracemalloc.start() if i == repeats else None
         rss0 = _rss_now_bytes()
         t0 = time.perf_counter()
-        gpulin.embed(a, device=device, method=method, n_components=n_components, scale=scale)
+        gpulin.embed(a, device=device, method=method, n_components=n_components, scale=scale, n_iter=n_iter)
         elapsed = time.perf_counter() - t0
         if i == repeats:
             _, traced = tracemalloc.get_traced_memory()
@@ -87,6 +87,7 @@ def job_gpulin(path: str, method: str, n_components: int, repeats: int, device: 
         "all_seconds": times,
         "stages": {k: statistics.median(s[k] for s in stages) for k in stages[0]},
         "solver": a.uns["X_gpulin"]["params"]["solver"],
+        "n_iter": a.uns["X_gpulin"]["params"]["n_iter"],
         "traced_peak_bytes": traced,
         "rss_growth_bytes": max(0, _rss_peak_bytes() - rss0),
         "csr_bytes": _csr_bytes(adata.X),
@@ -224,6 +225,11 @@ def gpu_large(n_cells: int, n_genes: int, repeats: int) -> dict:
     return out
 
 
+#: Krylov iterations at which gpulin's lognorm PCA matches scanpy's ARPACK (variance captured
+#: 0.9996 of scanpy's at 100k cells, 50 components; 4 iterations: 0.990).
+MATCHED_ITER = 8
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -272,6 +278,17 @@ def main() -> None:
                 entry["variance_captured_vs_peer"] = ours["variance_ratio_sum"] / theirs["variance_ratio_sum"]
                 if ours.get("embedding") and theirs.get("embedding"):
                     entry["min_canonical_corr_top10"] = subspace_agreement(ours["embedding"], theirs["embedding"])
+            if task == "lognorm_vs_scanpy" and not args.skip_peers:
+                # scanpy's ARPACK PCA is converged to machine precision; at the default 4 Krylov
+                # iterations gpulin's 50 components capture ~1% less variance on this slowly
+                # decaying spectrum. Also time gpulin at the accuracy of scanpy's.
+                print(f"[{task}] gpulin ({args.device}), n_iter={MATCHED_ITER}", flush=True)
+                more = run_child(job_gpulin, path, method, k, args.repeats, args.device, MATCHED_ITER)
+                more.pop("embedding", None)
+                entry["gpulin_matched_accuracy"] = {
+                    **more, "speedup": entry["scanpy"]["seconds"] / more["seconds"],
+                    "variance_captured_vs_peer": more["variance_ratio_sum"] / entry["scanpy"]["variance_ratio_sum"],
+                }
             entry["gpulin_peak_traced_over_csr"] = ours["traced_peak_bytes"] / ours["csr_bytes"]
             for side in ("gpulin", "reference", "scanpy"):
                 if side in entry:

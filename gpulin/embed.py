@@ -87,6 +87,8 @@ class LinearEmbedding:
     mean_, scale_ : numpy.ndarray, shape (n_genes,)
     components_ : numpy.ndarray, shape (n_components, n_genes)
     explained_variance_, explained_variance_ratio_, singular_values_ : numpy.ndarray
+    n_iter_, n_oversamples_ : int
+        Iterations and oversamples the PCA used (``n_iter_`` is 0 for the exact solver).
     timings_ : dict of stage -> seconds of the last ``fit``
     """
 
@@ -175,6 +177,7 @@ class LinearEmbedding:
         self.explained_variance_ratio_ = res.explained_variance_ratio
         self.solver_ = res.solver
         self.n_iter_ = res.n_iter
+        self.n_oversamples_ = res.n_oversamples
         self.n_features_in_ = G
         self.n_components_ = k
         out = scores.astype(backend.xp.float32)
@@ -283,6 +286,8 @@ def embed(
     whiten: bool = False,
     solver: str = "auto",
     target_sum: float = 1e4,
+    n_iter: int | None = None,
+    n_oversamples: int | None = None,
 ) -> Any:
     """Embed cells: per-cell transform -> gene standardization -> PCA, without densifying.
 
@@ -313,6 +318,9 @@ def embed(
         PCA solver (see :class:`LinearEmbedding`).
     target_sum : float
         ``lognorm`` library size.
+    n_iter, n_oversamples : int, optional
+        Iterations and extra directions of the randomized PCA (:func:`gpulin.pca.pca`; defaults
+        4 and 10). More iterations capture more variance where the spectrum decays slowly.
 
     Returns
     -------
@@ -333,6 +341,8 @@ def embed(
         device=device,
         batch_size=batch_size,
         seed=seed,
+        n_iter=n_iter,
+        n_oversamples=n_oversamples,
     )
     scores = est.fit_transform(adata, layer=layer)
     adata.obsm[key_added] = scores
@@ -348,6 +358,7 @@ def embed(
             "whiten": whiten,
             "solver": est.solver_,
             "n_iter": int(est.n_iter_),
+            "n_oversamples": int(est.n_oversamples_),
             "target_sum": target_sum,
         },
         "device": est.backend_.name,

@@ -312,7 +312,7 @@ def pca(
         # V = K C (loadings) and A V = (A K) C = Y C (scores): the Rayleigh-Ritz step needs no
         # pass over the data. C is float64 with C^T (K^T K) C = I.
         C32 = C.astype(np.float32)
-        components = np.ascontiguousarray(to_host(_stacked_times(K, C32, xp)).T, dtype=np.float64)
+        components = np.asarray(to_host(_stacked_times(K, C32, xp, transposed=True)), dtype=np.float64)
         del K
         signs = _flip_signs(components)
         components *= signs[:, None]
@@ -517,7 +517,9 @@ def _ritz_vectors(H: np.ndarray, M: np.ndarray, k: int, rtol: float = 1e-6) -> t
     """
     m = M.shape[0]
     try:
-        d = np.diag(np.linalg.cholesky(M))
+        # SciPy's LAPACK, as the solver below: NumPy's OpenBLAS is another library whose worker
+        # threads keep spinning after the call and slowed the solve by ~40% on two cores.
+        d = np.diag(scipy.linalg.cholesky(M, lower=True, check_finite=False))
         if not d.min() > np.sqrt(rtol) * d.max():
             raise np.linalg.LinAlgError
         # LAPACK's generalized solver for the wanted pairs only (sygvx): half the time of forming
@@ -534,22 +536,27 @@ def _ritz_vectors(H: np.ndarray, M: np.ndarray, k: int, rtol: float = 1e-6) -> t
     return lam[::-1], T @ W[:, ::-1]
 
 
-def _stacked_times(X: Any, C: np.ndarray, xp: Any) -> Any:
+def _stacked_times(X: Any, C: np.ndarray, xp: Any, *, transposed: bool = False) -> Any:
     """``[X_0, ..., X_q] @ C`` (float32, rows x c) for the stacked blocks ``X`` (q+1, rows, l) on
-    the device and a host ``C`` ((q+1) l, c); host: row ranges in threads."""
+    the device and a host ``C`` ((q+1) l, c), or its transpose (c x rows, C-contiguous) with
+    ``transposed=True``; host: row ranges in threads."""
     l = X.shape[2]
     blocks = [C[j * l : (j + 1) * l] for j in range(X.shape[0])]
     if xp is not np:
         out = X[0] @ xp.asarray(blocks[0])
         for j in range(1, X.shape[0]):
             out += X[j] @ xp.asarray(blocks[j])
-        return out
-    out = np.empty((X.shape[1], C.shape[1]), dtype=np.float32)
+        return xp.ascontiguousarray(out.T) if transposed else out
+    out = np.empty((C.shape[1], X.shape[1]) if transposed else (X.shape[1], C.shape[1]), dtype=np.float32)
 
     def part(a: int, b: int) -> None:
-        np.matmul(X[0, a:b], blocks[0], out=out[a:b])
-        for j in range(1, X.shape[0]):
-            out[a:b] += X[j, a:b] @ blocks[j]
+        dst = out[:, a:b] if transposed else out[a:b]
+        for j in range(X.shape[0]):
+            prod = blocks[j].T @ X[j, a:b].T if transposed else X[j, a:b] @ blocks[j]
+            if j == 0:
+                dst[...] = prod
+            else:
+                dst += prod
 
     _host_rows.map_rows(part, X.shape[1])
     return out

@@ -193,3 +193,15 @@ def test_gpu_takes_integer_counts_and_empty_blocks():
         with pytest.warns(UserWarning, match="no counts"):
             cpu = gpulin.transforms.transform_implicit(Xi, method, device="cpu", batch_size=40).toarray()
         np.testing.assert_allclose(gpu, cpu, atol=1e-6)
+
+
+def test_embed_passes_pca_iterations_and_oversamples():
+    from gpulin.datasets import synthetic_atlas
+
+    adata = synthetic_atlas(n_cells=600, n_genes=400, seed=1)
+    gpulin.embed(adata, device="cpu", n_components=8, solver="randomized", n_iter=2, n_oversamples=5)
+    params = adata.uns["X_gpulin"]["params"]
+    assert params["n_iter"] == 2 and params["n_oversamples"] == 5
+    gpulin.embed(adata, device="cpu", n_components=8, solver="randomized")
+    params = adata.uns["X_gpulin"]["params"]
+    assert params["n_iter"] == 4 and params["n_oversamples"] == 10
