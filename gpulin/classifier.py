@@ -28,9 +28,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         model="logistic", C=1.0, alpha=1.0, class_weight="balanced", max_iter=1000, tol=1e-4,
     ),
     # Cross-species transfer (benchmarks/README.md): 50 whitened components and a class-balanced
-    # ridge head. Baron human->mouse / mouse->human macro F1 0.726-0.832 / 0.772-0.793 over four PCA
+    # ridge head. Baron human->mouse / mouse->human macro F1 0.732-0.740 / 0.769-0.794 over four PCA
     # seeds and the exact PCA, against the published pipeline's 0.662 / 0.763. A logistic head on
-    # the same 50 components swings between 0.639 and 0.741 human->mouse with the PCA seed: it leans
+    # the same 50 components gives 0.624-0.660 human->mouse over the same seeds: it leans
     # on the trailing whitened components, which are noise-level here.
     "cross-species": dict(
         method="sctop", n_genes=20_000, scale=True, n_components=50, whiten=True, solver="auto",
