@@ -23,14 +23,19 @@ import numpy as np
 MIN_ROWS_PER_THREAD = 2048
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
 _POOL_LOCK = threading.Lock()
 
 
 def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
-    global _POOL
+    """The shared pool, grown (replaced) when more workers are asked for than it has."""
+    global _POOL, _POOL_SIZE
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:  # noqa: SLF001 - sizing only
+        if _POOL is None or _POOL_SIZE < workers:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
             _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpulin-rows")
+            _POOL_SIZE = workers
         return _POOL
 
 
