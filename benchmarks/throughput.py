@@ -1,7 +1,9 @@
 """Throughput sweep: cells/s and per-stage time of ``gpulin.embed`` vs cell count, with peers.
 
 On CPU (default sizes 10k-100k cells x 20k genes): gpulin ``sctop`` and ``lognorm`` (50
-components), scanpy (normalize_total + log1p + pca) in the same run. On CUDA (100k-3M):
+components), scanpy (normalize_total + log1p + pca) and, where its dense float64 matrices fit in
+the available memory, the authors' reference (``sctop.process`` + ``StandardScaler`` +
+scikit-learn ``PCA(50)``, one run in a subprocess: it takes minutes) in the same run. On CUDA (100k-3M):
 gpulin with the counts on the device, ``torch.pca_lowrank`` on a sparse CUDA tensor of the
 log-normalized matrix, ``cupyx.scipy.sparse.linalg.svds``, and rapids-singlecell when importable.
 The scaling exponent of time vs nonzeros is fitted per tool (least squares on log-log).
@@ -99,6 +101,8 @@ def main() -> None:
                 entry["tools"]["scanpy"] = {"seconds": s, "cells_per_s": n / s}
             except ImportError:
                 pass
+        if not args.skip_peers and not backend.is_gpu:
+            entry["tools"]["reference"] = _reference_peer(adata, args.n_genes)
         if not args.skip_peers and backend.is_gpu:
             entry["tools"].update(_gpu_peers(adata, sync, args.repeats))
         rows.append(entry)
@@ -141,6 +145,39 @@ def main() -> None:
     except ImportError:
         pass
     print(f"wrote {path}; exponents {fits}")
+
+
+#: The dense reference holds about this many float64 copies of the cells x genes matrix at its peak
+#: (measured: 14.4 GB of RSS growth at 20k x 20k, ``results/embed_cpu.json``).
+REFERENCE_DENSE_COPIES = 4.5
+
+
+def _mem_available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reference_peer(adata, n_genes: int) -> dict:
+    """The authors' dense pipeline (``embed_cpu.job_reference``, 50 components) in a subprocess,
+    or a note when its dense matrices would not fit in 80% of the available memory."""
+    import tempfile
+
+    from embed_cpu import job_reference, run_child
+
+    n = adata.n_obs
+    need = n * n_genes * 8 * REFERENCE_DENSE_COPIES
+    if need > 0.8 * _mem_available_bytes():
+        return {"error": f"skipped: the dense reference needs ~{need / 1e9:.0f} GB", "seconds": float("nan"),
+                "cells_per_s": float("nan")}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "atlas.h5ad"
+        adata.write_h5ad(path)
+        r = run_child(job_reference, str(path), 50)
+    return {"seconds": r["seconds"], "cells_per_s": n / r["seconds"], "stages": r["stages"],
+            "note": "one run (sctop.process + StandardScaler + PCA(50, randomized))"}
 
 
 def _gpu_peers(adata, sync, repeats) -> dict:
