@@ -314,3 +314,31 @@ def test_default_randomized_pca_captures_at_least_scikit_learns_variance():
     assert ours >= reference - 1e-4, (ours, reference)
     fewer = captured(pca(op, k, solver="randomized", n_iter=3, n_oversamples=20, seed=0).components)
     assert ours > fewer
+
+
+class _NumpyUnderAnotherName:
+    """NumPy behind a different object, so that ``xp is np`` is False: runs the branches written
+    for CuPy (device arrays, no host threads) with host arrays, on machines without a GPU."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@pytest.mark.parametrize("dense_tiles", [False, True], ids=["sparse", "tiles"])
+def test_block_krylov_device_branches_equal_host_branches(low_rank, dense_tiles):
+    """The block Krylov PCA through its ``xp is not np`` branches (what CuPy runs: stacked-block
+    products, Gram-Schmidt, CholeskyQR, Gram matrices on the device) equals the host branches."""
+    import dataclasses
+
+    S, _ = low_rank
+    sc = GeneScaling.fit(S)
+    host = StandardizedOperator(S, sc, dense_tiles=dense_tiles)
+    host.cpu_kernels = False
+    device = StandardizedOperator(S, sc, dense_tiles=dense_tiles)
+    device.cpu_kernels = False
+    device.backend = dataclasses.replace(S.backend, xp=_NumpyUnderAnotherName())
+    a = pca(host, 8, solver="randomized", seed=2)
+    b = pca(device, 8, solver="randomized", seed=2)
+    np.testing.assert_allclose(a.singular_values, b.singular_values, rtol=1e-5)
+    np.testing.assert_allclose(np.abs(np.sum(a.components * b.components, axis=1)), 1.0, atol=1e-5)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-3, atol=1e-3 * np.abs(a.scores).max())
