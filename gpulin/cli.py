@@ -32,12 +32,16 @@ def _demo(args: argparse.Namespace) -> int:
     )
     emb = adata.obsm["X_gpulin"]
     codes = adata.obs["cell_type"].cat.codes.to_numpy()
-    centroids = np.stack([emb[codes == c].mean(0) for c in range(codes.max() + 1)])
-    nearest = np.argmin(((emb[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1) if len(emb) <= 200_000 else None
-    if nearest is not None:
+    if len(emb) <= 200_000:
+        # How well the embedding separates cell types: 15-nearest-neighbour classification of
+        # cell_type on held-out cells (5-fold), the usual local-structure check of an embedding.
+        from sklearn.model_selection import cross_val_score
+        from sklearn.neighbors import KNeighborsClassifier
+
+        knn = cross_val_score(KNeighborsClassifier(n_neighbors=15), emb, codes, cv=5).mean()
         print(
-            f"  nearest-centroid agreement with cell_type over all {emb.shape[1]} components: "
-            f"{np.mean(nearest == codes):.3f} (PC1-2 mostly carry species and sequencing depth)"
+            f"  15-nearest-neighbour accuracy for cell_type on held-out cells over all {emb.shape[1]} "
+            f"components: {knn:.3f} (PC1-2 mostly carry species and sequencing depth)"
         )
     if args.plot:
         try:

@@ -1,0 +1,56 @@
+"""The command line: ``gpulin demo`` and ``gpulin evaluate`` on small inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gpulin.cli import main
+from gpulin.datasets import synthetic_atlas
+
+
+def test_demo_embeds_reports_and_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "demo.png"
+    rc = main(["demo", "--device", "cpu", "--n-cells", "1500", "--n-genes", "600", "--n-components", "10",
+               "--plot", str(png)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "synthetic atlas: 1,500 cells x 600 genes" in out
+    assert "15-nearest-neighbour accuracy for cell_type" in out
+    knn = float(out.split("components: ")[1].split()[0])
+    assert knn > 0.17  # 12 cell types: chance is ~0.08 (20k x 20k, 50 components: 0.96)
+    assert png.exists() and png.stat().st_size > 0
+
+
+def test_demo_without_plot(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--device", "cpu", "--n-cells", "800", "--n-genes", "300", "--n-components", "5",
+                 "--method", "lognorm", "--plot", ""]) == 0
+    assert "wrote" not in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
+
+
+def test_evaluate_writes_the_tidy_table(tmp_path, capsys):
+    adata = synthetic_atlas(n_cells=1200, n_genes=400, seed=2)
+    path = tmp_path / "atlas.h5ad"
+    adata.write_h5ad(path)
+    out_json = tmp_path / "metrics.json"
+    rc = main(["evaluate", str(path), "--label", "cell_type", "--protocol", "kfold", "--n-splits", "3",
+               "--device", "cpu", "--min-cells", "20", "--out", str(out_json)])
+    assert rc == 0
+    rows = json.loads(out_json.read_text())
+    assert len(rows) == 3 and all(0.0 <= r["macro_f1"] <= 1.0 for r in rows)
+    assert "mean:" in capsys.readouterr().out
+
+
+def test_evaluate_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    adata = synthetic_atlas(n_cells=300, n_genes=100, seed=0)
+    path = tmp_path / "atlas.h5ad"
+    adata.write_h5ad(path)
+    rc = main(["evaluate", str(path), "--label", "no_such_column", "--device", "cpu"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpulin evaluate: error:") and "no_such_column" in err
+    assert main(["evaluate", str(tmp_path / "missing.h5ad"), "--label", "cell_type", "--device", "cpu"]) == 2
