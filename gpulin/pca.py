@@ -596,8 +596,10 @@ def _block_krylov(op: Any, l: int, n_iter: int, seed: int) -> tuple[Any, Any, np
         return slice(j * l, (j + 1) * l)
 
     with _products_context(op):
-        # Drawn in float32 directly (4x faster than float64 then a cast: 0.19 -> 0.05 s for 20k x 264).
-        K[0] = orthonormalize(xp.asarray(rng.standard_normal((G, l), dtype=np.float32)), xp, passes=1)
+        # Drawn in float32 directly (4x faster than float64 then a cast: 0.19 -> 0.05 s for 20k x 264),
+        # orthonormalized with a float32 Gram matrix: a Gaussian block is well conditioned (and the
+        # Rayleigh-Ritz step uses the exact K^T K): 52 -> 36 ms at 20k x 230.
+        K[0] = _qr(xp.asarray(rng.standard_normal((G, l), dtype=np.float32)), xp, passes=1, gram=_gram32)[0]
         for j in range(q + 1):
             if j == q:
                 op.matmat(K[j], out=Y[j])
