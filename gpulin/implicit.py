@@ -303,6 +303,7 @@ class StandardizedOperator:
         # tile that products allocate anyway) instead of re-expanding it on every pass.
         self._cached_tiles: list[tuple[int, int, Any, Any]] | None = None
         self._splits: dict[tuple[int, int], np.ndarray] = {}  # CPU gene-chunk starts per (block, n_chunks)
+        self._gene_pos: np.ndarray | None = None  # CPU tiles: column of each gene (-1: not selected)
         self._cache_tiles = self.dense_tiles and S.shape[0] <= self.tile_rows
         if self.genes is not None:
             # Selection matrix P (G x G_sel) so that D P = D[:, genes] without copying D.
@@ -321,16 +322,40 @@ class StandardizedOperator:
                 e = min(stop - start, s + self.tile_rows)
                 yield start + s, start + e, _RowRange(blk, s, e), cb[s:e]
 
-    def tile(self, rows: "_RowRange", cb: Any) -> Any:
-        """Dense standardized rows ``A[rows]`` (float32) of one row range of a block."""
+    def tile(self, rows: "_RowRange", cb: Any, out: Any | None = None) -> Any:
+        """Dense standardized rows ``A[rows]`` (float32) of one row range of a block (into ``out``
+        when given, a C-contiguous float32 array of that shape)."""
         xp = self.backend.xp
+        if self.cpu_kernels:
+            from ._cpu_kernels import standardized_rows  # CPU twin of the lines below
+
+            blk = rows.blk
+            return standardized_rows(
+                blk.indptr, blk.indices, np.asarray(blk.data, dtype=np.float32), rows.start, rows.stop,
+                np.asarray(cb, dtype=np.float32), self._gene_positions(), self.mean.astype(np.float32),
+                self.inv_scale.astype(np.float32), self.workers, out=out,
+            )
         dense = rows.toarray()
         if self.genes is not None:
             dense = dense[:, self.genes]
         dense += cb.astype(xp.float32)[:, None]
         dense -= self.mean.astype(xp.float32)[None, :]
         dense *= self.inv_scale.astype(xp.float32)[None, :]
+        if out is not None:
+            out[...] = dense
+            return out
         return dense
+
+    def _gene_positions(self) -> np.ndarray:
+        """Column of each gene of ``S`` in ``A`` (int64, (S.n_genes,)), -1 for genes not selected (host)."""
+        if self._gene_pos is None:
+            G = self.S.n_genes
+            if self.genes is None:
+                self._gene_pos = np.arange(G, dtype=np.int64)
+            else:
+                self._gene_pos = np.full(G, -1, dtype=np.int64)
+                self._gene_pos[np.asarray(to_host(self.genes))] = np.arange(self.shape[1], dtype=np.int64)
+        return self._gene_pos
 
     # -- products -------------------------------------------------------------------------------
     def _blocks_for_products(self) -> Iterator[tuple[int, int, Any, Any]]:
@@ -534,7 +559,7 @@ class StandardizedOperator:
             return None
         out = self.backend.xp.empty((n, g), dtype=self.backend.xp.float32)
         for start, stop, blk, cb in self._tiles():
-            out[start:stop] = self.tile(blk, cb)
+            self.tile(blk, cb, out=out[start:stop])
         return out
 
     def gram_cells(self) -> Any:
