@@ -62,14 +62,11 @@ def map_rows(fn: Callable[[int, int], Any], n_rows: int, workers: int | None = N
         return [f.result() for f in futures]
 
 
-def matmul_into(out: np.ndarray, A: np.ndarray, B: np.ndarray, *, subtract: bool = False) -> np.ndarray:
-    """``out = A @ B`` (or ``out -= A @ B``) for a tall ``A`` (rows x p) and a small ``B`` (p x q), by row ranges."""
+def matmul_into(out: np.ndarray, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``out = A @ B`` for a tall ``A`` (rows x p) and a small ``B`` (p x q), by row ranges."""
 
     def part(a: int, b: int) -> None:
-        if subtract:
-            out[a:b] -= A[a:b] @ B
-        else:
-            np.matmul(A[a:b], B, out=out[a:b])
+        np.matmul(A[a:b], B, out=out[a:b])
 
     map_rows(part, A.shape[0])
     return out

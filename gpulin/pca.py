@@ -614,12 +614,7 @@ def _block_krylov(op: Any, l: int, n_iter: int, seed: int) -> tuple[Any, Any, np
             if j == q:
                 break
             B = B.astype(xp.float32, copy=False)
-            for i in range(j + 1):
-                Hij = H[cols(i), cols(j)].astype(np.float32)
-                if xp is np:
-                    _host_rows.matmul_into(B, K[i], Hij, subtract=True)
-                else:
-                    B -= K[i] @ xp.asarray(Hij)
+            B -= _stacked_times(K[: j + 1], H[: (j + 1) * l, cols(j)].astype(np.float32), xp)
             # One CholeskyQR pass with a float32 Gram matrix (float64 across row blocks): the blocks
             # need not be orthonormal to the last bit, as the Rayleigh-Ritz step uses the exact
             # K^T K; after the projection B is well conditioned, and Householder takes over when not.
