@@ -21,6 +21,10 @@ import numpy as np
 
 #: Below this many rows one thread does it all (thread hand-off costs more than it saves).
 MIN_ROWS_PER_THREAD = 2048
+#: ... or, for :func:`matmul_into`, below this many multiply-adds per thread (~0.2 ms of one core):
+#: a square-by-tall product such as ``H @ Q`` (1,713 x 1,713 by 230) has few rows but much work
+#: per row, and took 49 ms on two threads against 97 ms on one.
+MIN_MULADDS_PER_THREAD = 1 << 22
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
@@ -39,14 +43,17 @@ def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
         return _POOL
 
 
-def row_ranges(n_rows: int, workers: int) -> list[tuple[int, int]]:
-    """``workers`` (or fewer) contiguous ``(start, stop)`` ranges covering ``range(n_rows)``."""
-    parts = max(1, min(int(workers), n_rows // MIN_ROWS_PER_THREAD))
+def row_ranges(n_rows: int, workers: int, min_rows: int = MIN_ROWS_PER_THREAD) -> list[tuple[int, int]]:
+    """``workers`` (or fewer, at least ``min_rows`` rows each) contiguous ``(start, stop)`` ranges
+    covering ``range(n_rows)``."""
+    parts = max(1, min(int(workers), n_rows // max(1, min_rows)))
     edges = np.linspace(0, n_rows, parts + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def map_rows(fn: Callable[[int, int], Any], n_rows: int, workers: int | None = None) -> list[Any]:
+def map_rows(
+    fn: Callable[[int, int], Any], n_rows: int, workers: int | None = None, min_rows: int = MIN_ROWS_PER_THREAD
+) -> list[Any]:
     """``[fn(start, stop) for each row range]``, the ranges run concurrently with one BLAS thread each.
 
     ``fn`` must only read shared inputs and write disjoint rows of shared outputs.
@@ -54,7 +61,7 @@ def map_rows(fn: Callable[[int, int], Any], n_rows: int, workers: int | None = N
     from ._cpu_kernels import single_threaded_blas
     from .implicit import cpu_workers
 
-    ranges = row_ranges(n_rows, cpu_workers() if workers is None else workers)
+    ranges = row_ranges(n_rows, cpu_workers() if workers is None else workers, min_rows)
     with single_threaded_blas():
         if len(ranges) == 1:
             return [fn(*ranges[0])]
@@ -68,7 +75,8 @@ def matmul_into(out: np.ndarray, A: np.ndarray, B: np.ndarray) -> np.ndarray:
     def part(a: int, b: int) -> None:
         np.matmul(A[a:b], B, out=out[a:b])
 
-    map_rows(part, A.shape[0])
+    per_row = max(1, A.shape[1] * B.shape[1])
+    map_rows(part, A.shape[0], min_rows=min(MIN_ROWS_PER_THREAD, -(-MIN_MULADDS_PER_THREAD // per_row)))
     return out
 
 

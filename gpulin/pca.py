@@ -383,19 +383,25 @@ def _lu_span(P: np.ndarray) -> np.ndarray:
     return scipy.linalg.lu(P, permute_l=True, check_finite=False)[0]
 
 
-def _rounds_on_sketch_gram(op: Any, omega: np.ndarray, transpose: bool, n_iter: int) -> tuple[Any, Any | None]:
+def _rounds_on_sketch_gram(op: Any, omega: np.ndarray, transpose: bool, n_iter: int) -> tuple[Any, np.ndarray | None, Any | None]:
     """scikit-learn's power rounds on ``H = M.T @ M`` (the sketched side's Gram matrix).
 
     ``n_iter`` rounds of ``M @`` then ``M.T @`` span ``H^n_iter Omega``; the last step is
-    ``Q R = M Qs`` (the one pass over the data), and ``M.T @ Q = H Qs R^-1`` needs no second one.
-    ``H`` comes from the dense standardized matrix when that fits in :data:`DENSE_SKETCH_BYTES`,
-    else from pairs of dense row tiles.
+    ``Q R = Y = M Qs`` (the one pass over the data). ``Q`` is not formed: with ``Y`` float32 and
+    its Gram matrix accumulated in float64, one Cholesky factor ``R`` (``Y.T Y = R.T R``) is
+    accurate to ``eps64 cond(Y)^2`` (CholeskyQR2's second pass and a float64 copy of ``Y`` bought
+    nothing here), and the caller folds ``R^-1`` into the small factors that multiply ``Q``.
+    ``M.T @ Q = H Qs R^-1`` needs no second pass either. ``H`` comes from the dense standardized
+    matrix when that fits in :data:`DENSE_SKETCH_BYTES`, else from pairs of dense row tiles.
 
     Returns
     -------
-    Q : (big side, l) float64, orthonormal
-    MtQ : (small side, l) float64 ``M.T @ Q``, or None when ``R`` is ill-conditioned (a
-        rank-deficient sketch): the caller then computes it with a pass over the data.
+    Y : (big side, l)
+        float32 ``M Qs``; or, when ``Y`` is too ill-conditioned for one Cholesky pass (a
+        rank-deficient sketch), an orthonormal float32 ``Q`` from a full QR.
+    Rinv : (l, l) float64 ``R^-1`` with ``Q = Y Rinv``, or None when ``Y`` is ``Q`` itself.
+    MtQ : (small side, l) float64 ``M.T @ Q``, or None in the ill-conditioned case: the caller
+        then computes it with a pass over the data.
     """
     xp = op.backend.xp
     T = op.dense(DENSE_SKETCH_BYTES) if hasattr(op, "dense") else None
@@ -410,18 +416,34 @@ def _rounds_on_sketch_gram(op: Any, omega: np.ndarray, transpose: bool, n_iter: 
             # 5x cheaper than Householder QR with Q formed explicitly). Householder QR on the last
             # round (and on a GPU), so the basis handed on is orthonormal: H squares the
             # conditioning.
-            Qs = _lu_span(H @ Qs) if (i < n_iter - 1 and xp is np) else xp.linalg.qr(H @ Qs)[0]
+            HQs = _times_small(H, Qs, xp)  # host: row ranges in threads (2x on two cores)
+            Qs = _lu_span(HQs) if (i < n_iter - 1 and xp is np) else xp.linalg.qr(HQs)[0]
     Q32 = Qs.astype(xp.float32)
     if T is not None:
         Y = T.T @ Q32 if transpose else T @ Q32
         del T
     else:
         Y = op.rmatmat(Q32) if transpose else op.matmat(Q32)
-    Q, R = _qr64(Y, xp)
-    if not _well_conditioned(R):
-        return Q, None
-    HQs = np.asarray(to_host(H @ Qs))
-    return Q, xp.asarray(scipy.linalg.solve_triangular(np.asarray(to_host(R)).T, HQs.T, lower=True).T)
+    try:
+        R = np.linalg.cholesky(_gram64(Y, xp)).T
+    except np.linalg.LinAlgError:
+        R = None
+    if R is None or not _well_conditioned(R, rtol=ONE_PASS_CHOLESKY_RTOL):
+        return orthonormalize(Y, xp), None, None
+    Rinv = scipy.linalg.solve_triangular(R, np.eye(R.shape[0]), lower=False)
+    HQs = np.asarray(to_host(_times_small(H, Qs, xp)))
+    return Y, Rinv, xp.asarray(HQs @ Rinv)
+
+
+#: One CholeskyQR pass of a float32 basis (Gram in float64) when its R's diagonal spans less than
+#: ``1 / ONE_PASS_CHOLESKY_RTOL``: the basis it implies is then orthonormal to about float32 rounding.
+ONE_PASS_CHOLESKY_RTOL = 1e-4
+
+
+def _basis_times(Y: Any, Rinv: np.ndarray | None, B: np.ndarray, xp: Any) -> Any:
+    """``Q @ B`` for the basis ``Q = Y @ Rinv`` (``Q = Y`` when ``Rinv`` is None) of
+    :func:`_rounds_on_sketch_gram`: one tall product with the small ``Rinv @ B``."""
+    return _times_small(Y, B if Rinv is None else Rinv @ B, xp)
 
 
 def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int) -> PCAResult:
@@ -446,9 +468,9 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int)
     side = n if transpose else G
     rng = np.random.RandomState(seed)
     omega = rng.normal(size=(side, l))
-    C = Bt = None
+    C = Bt = Rinv = None
     if _sketch_gram_is_cheaper(op, side, l, n_iter):
-        Q, MtQ = _rounds_on_sketch_gram(op, omega, transpose, n_iter)
+        Q, Rinv, MtQ = _rounds_on_sketch_gram(op, omega, transpose, n_iter)
         C, Bt = (MtQ, None) if transpose else (None, MtQ)
     else:
         Q = xp.asarray(omega.astype(np.float32))
@@ -470,7 +492,7 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int)
         evals, Uh = np.linalg.eigh(_gram64(C, xp))
         evals, Uh = evals[::-1][:k], Uh[:, ::-1][:, :k]
         sv = np.sqrt(np.maximum(evals, 0.0))
-        components = np.asarray(to_host(Q.astype(xp.float64) @ xp.asarray(Uh))).T.copy()
+        components = np.asarray(to_host(_basis_times(Q, Rinv, Uh, xp))).T.copy()
         scores = (C @ xp.asarray(Uh.astype(C.dtype))).astype(xp.float32)
     else:
         # Q spans cells; Bt = A^T Q = B^T, B = Uh s Vt.
@@ -481,7 +503,7 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int)
         sv = np.sqrt(np.maximum(evals, 0.0))
         safe = np.where(sv > 0, sv, 1.0)
         components = np.asarray(to_host(Bt @ xp.asarray(Uh / safe))).T.copy()
-        scores = (Q @ xp.asarray((Uh * sv).astype(Q.dtype))).astype(xp.float32)
+        scores = _basis_times(Q, Rinv, Uh * sv, xp).astype(xp.float32)
     signs = _flip_signs(components)
     components *= signs[:, None]
     scores = scores * xp.asarray(signs.astype(np.float32))

@@ -180,6 +180,32 @@ def test_sklearn_solver_gram_rounds_with_a_rank_deficient_sketch():
     assert cos.min() > 1 - 1e-4
 
 
+@pytest.mark.parametrize("shape", [(240, 400), (500, 150)], ids=["fewer-cells", "fewer-genes"])
+def test_gram_rounds_basis_is_orthonormal_without_forming_it(shape):
+    """The Gram rounds hand back ``Y`` and ``R^-1`` (``Q = Y R^-1`` is never formed): Q is
+    orthonormal, spans ``Y``, and ``M.T Q`` matches a product with the data. With l = n cells (a
+    rank-deficient sketch) they fall back to an explicit orthonormal Q."""
+    import gpulin.pca as pca_module
+
+    n, g = shape
+    S = gpulin.sctop_transform(make_counts(n, g, seed=5))
+    op = StandardizedOperator(S, GeneScaling.fit(S))
+    transpose = n < g
+    omega = np.random.RandomState(0).normal(size=(min(n, g), 40))
+    Y, Rinv, MtQ = pca_module._rounds_on_sketch_gram(op, omega, transpose, 4)
+    assert Rinv is not None
+    Q = Y.astype(np.float64) @ Rinv
+    np.testing.assert_allclose(Q.T @ Q, np.eye(40), atol=1e-6)
+    direct = op.matmat(Q.astype(np.float32)) if transpose else op.rmatmat(Q.astype(np.float32))
+    np.testing.assert_allclose(MtQ, direct, atol=1e-4 * np.abs(direct).max())
+
+    S = gpulin.sctop_transform(make_counts(40, 400, seed=6))
+    op = StandardizedOperator(S, GeneScaling.fit(S))
+    Q, Rinv, MtQ = pca_module._rounds_on_sketch_gram(op, np.random.RandomState(1).normal(size=(40, 40)), True, 4)
+    assert Rinv is None and MtQ is None
+    np.testing.assert_allclose(Q.T.astype(np.float64) @ Q, np.eye(40), atol=1e-5)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(240, 400), (500, 150)], ids=["fewer-cells", "fewer-genes"])
 def test_sklearn_solver_cpu_and_gpu_agree(shape):
