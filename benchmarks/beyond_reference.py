@@ -25,6 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from _provenance import git_commit  # noqa: E402
 
 #: name -> (preset, overrides)
 VARIANTS = {
@@ -82,7 +84,7 @@ def main() -> None:
         print(species, "mean novelty AUROC", round(novel[species]["mean_auroc"], 3), flush=True)
     out = {"benchmark": "beyond_reference.py", "command": "python benchmarks/beyond_reference.py " + " ".join(sys.argv[1:]),
            "date": _dt.datetime.now().isoformat(timespec="seconds"), "device": args.device,
-           "machine": platform.platform(), "gpulin": gpulin.__version__, "published": PUBLISHED,
+           "machine": platform.platform(), "gpulin": gpulin.__version__, "gpulin_commit": git_commit(), "published": PUBLISHED,
            "transfer": transfer, "novel": novel}
     path = Path(args.out or HERE / "results" / f"beyond_reference_{args.device}.json")
     path.write_text(json.dumps(out, indent=1))

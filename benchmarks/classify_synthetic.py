@@ -28,6 +28,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from _provenance import git_commit  # noqa: E402
 
 
 def main() -> None:
@@ -69,7 +71,7 @@ def main() -> None:
     yt = test.obs["cell_type"].astype(str).to_numpy()
     metrics = classification_metrics(yt, pred, proba, np.asarray(clf.classes_))
     fit_med, pred_med = statistics.median(fit_s), statistics.median(pred_s)
-    versions = {"gpulin": gpulin.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    versions = {"gpulin": gpulin.__version__, "gpulin_commit": git_commit(), "numpy": np.__version__, "python": platform.python_version()}
     device_name = f"cpu ({platform.processor() or platform.machine()})"
     if args.device == "cuda":
         import cupy

@@ -43,6 +43,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from _provenance import git_commit  # noqa: E402
 
 
 def _rss_peak_bytes() -> int:
@@ -172,6 +174,7 @@ def versions() -> dict:
     out = {
         "python": platform.python_version(),
         "gpulin": gpulin.__version__,
+        "gpulin_commit": git_commit(),
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "scikit-learn": sklearn.__version__,

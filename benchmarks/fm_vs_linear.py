@@ -46,6 +46,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from _provenance import git_commit  # noqa: E402
 
 import gpulin  # noqa: E402
 import gpulin.fm as fm  # noqa: E402
@@ -103,6 +105,7 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "gpulin": getattr(gpulin, "__version__", "unknown"),
+        "gpulin_commit": git_commit(),
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "anndata": version("anndata"),

@@ -36,6 +36,8 @@ import scipy.linalg
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from _provenance import git_commit  # noqa: E402
 
 from embed_cpu import versions  # noqa: E402
 
@@ -128,6 +130,7 @@ def main() -> None:
         "benchmark": "pca_accuracy.py",
         "command": "python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "gpulin_commit": git_commit(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "versions": versions(),
         "n_cells": args.n_cells, "n_genes": args.n_genes, "n_components": k,

@@ -31,6 +31,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from _provenance import git_commit  # noqa: E402
 
 
 def _timed(fn, sync, repeats):
@@ -121,7 +123,7 @@ def main() -> None:
             fits[tool] = float(np.polyfit(x, y, 1)[0])
     out = {"benchmark": "throughput.py", "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
            "date": _dt.datetime.now().isoformat(timespec="seconds"), "device": args.device,
-           "machine": platform.platform(), "rows": rows, "time_vs_nnz_exponent": fits}
+           "machine": platform.platform(), "gpulin_commit": git_commit(), "rows": rows, "time_vs_nnz_exponent": fits}
     path = Path(args.out or HERE / "results" / f"throughput_{args.device}{'_quick' if args.quick else ''}.json")
     path.write_text(json.dumps(out, indent=1))
     try:
