@@ -63,7 +63,7 @@ def tasks(d):
 
 # -- gpulin ---------------------------------------------------------------------------------------
 def run_gpulin(kind, kw, device, orth):
-    from gpulin.evaluate import evaluate
+    from gpulin import evaluate
 
     if kind == "split":
         t = evaluate(kw["adata"], kw["key"], kw["protocol"], device=device, min_cells=kw["min_cells"], progress=False)

@@ -61,7 +61,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     import gpulin
     from gpulin.datasets import load_orthologs, load_shared
-    from gpulin.evaluate import evaluate
+    from gpulin import evaluate
 
     d = {"h": load_shared("baron_human"), "m": load_shared("baron_mouse")}
     orth = load_orthologs()

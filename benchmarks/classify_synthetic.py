@@ -45,7 +45,7 @@ def main() -> None:
     import gpulin
     from gpulin.classifier import CellTypeClassifier
     from gpulin.datasets import synthetic_atlas
-    from gpulin.evaluate import classification_metrics
+    from gpulin.evaluation import classification_metrics
     from sklearn.model_selection import train_test_split
 
     n = args.n_cells or (1_000_000 if args.device == "cuda" else 50_000)

@@ -116,6 +116,8 @@ def check_n_components(n_components: int, n_cells: int, n_genes: int) -> int:
     """Validate ``n_components`` against the matrix shape and return it as int."""
     if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
         raise TypeError(f"n_components must be an int, got {n_components!r}.")
+    if n_cells == 0 or n_genes == 0:
+        raise ValueError(f"X has shape ({n_cells}, {n_genes}): it needs at least one cell and one gene.")
     limit = min(n_cells, n_genes)
     if not 1 <= n_components <= limit:
         raise ValueError(

@@ -1,4 +1,4 @@
-"""Command line: ``gpulin demo`` (and ``gpulin evaluate`` when the classification module is present)."""
+"""Command line: ``gpulin demo`` and ``gpulin evaluate``."""
 
 from __future__ import annotations
 
@@ -84,12 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--plot", default="gpulin_demo.png", help="PNG path ('' to skip)")
     demo.set_defaults(func=_demo)
-    try:
-        from gpulin import evaluate as _evaluate  # noqa: F401
+    from gpulin import evaluation
 
-        _evaluate.add_cli(sub)
-    except ImportError:
-        pass
+    evaluation.add_cli(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 
 import gpulin
 from gpulin.classifier import CellTypeClassifier, ScTOPProjection
-from gpulin.evaluate import evaluate
+from gpulin import evaluate
 from gpulin.selection import f_classif, select_k_best
 
 from conftest import shared_file

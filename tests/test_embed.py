@@ -113,6 +113,10 @@ def test_bad_input_errors():
         gpulin.embed(bad, device="cpu", n_components=5)
     with pytest.raises(ValueError, match="batch_size"):
         gpulin.embed(a, device="cpu", batch_size=0)
+    with pytest.raises(ValueError, match=r"shape \(0, 40\): it needs at least one cell"):
+        gpulin.embed(a[:0].copy(), device="cpu")
+    with pytest.raises(ValueError, match=r"shape \(50, 0\): it needs at least one cell and one gene"):
+        gpulin.LinearEmbedding(n_components=5, device="cpu").fit(a[:, :0].copy())
     from sklearn.exceptions import NotFittedError
 
     with pytest.raises(NotFittedError):
