@@ -250,6 +250,10 @@ class ScTOPProjection:
 
     def order_parameters(self, adata: Any, *, layer: str | None = None) -> pd.DataFrame:
         """Order parameters (n_cells x n_types) of the query cells, over the shared genes."""
+        if not hasattr(self, "basis_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("This ScTOPProjection is not fitted yet; call fit() first.")
         X, genes = _matrix_and_genes(adata, layer)
         genes = np.asarray(genes).astype(str)
         query_genes = set(genes)

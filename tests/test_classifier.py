@@ -95,6 +95,10 @@ def test_classifier_bad_input():
 
 def test_projection_recovers_types():
     a = labelled(seed=2)
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        ScTOPProjection(device="cpu").predict(a)
     proj = ScTOPProjection(device="cpu").fit(a[:300], "type")
     assert proj.basis_.shape == (300, 4)
     op = proj.order_parameters(a[300:])
