@@ -16,14 +16,44 @@ from .transforms import METHODS, transform_implicit
 
 
 def get_matrix(adata: Any, layer: str | None) -> Any:
-    """``adata.X`` or ``adata.layers[layer]``, with a clear error when absent."""
+    """``adata.X`` or ``adata.layers[layer]``, with a clear error when absent; an on-disk matrix
+    (backed AnnData) is read into memory (:func:`read_backed`)."""
     if layer is None:
         if adata.X is None:
             raise ValueError("adata.X is None; pass layer= to use a layer of counts.")
-        return adata.X
+        return read_backed(adata.X)
     if layer not in adata.layers:
         raise KeyError(f"Layer {layer!r} not found; available layers: {list(adata.layers.keys())}.")
-    return adata.layers[layer]
+    return read_backed(adata.layers[layer])
+
+
+#: Dense on-disk matrices are read in row blocks of about this many bytes.
+BACKED_BLOCK_BYTES = 64 << 20
+
+
+def read_backed(X: Any) -> Any:
+    """The in-memory matrix of an on-disk one (``anndata.read_h5ad(..., backed="r")``).
+
+    Backed sparse matrices (anndata's ``CSRDataset`` / ``CSCDataset``) are read whole as SciPy
+    CSR / CSC: every PCA iteration makes a pass over the counts, so they are read once rather
+    than streamed from disk on each pass. Dense HDF5 / Zarr arrays are read in row blocks of
+    about :data:`BACKED_BLOCK_BYTES` and kept as CSR, never as one dense array. Anything else is
+    returned as is.
+    """
+    try:
+        from anndata.abc import CSCDataset, CSRDataset
+    except ImportError:  # anndata < 0.11 (pyproject allows >= 0.10): its backed classes are private
+        from anndata._core.sparse_dataset import BaseCompressedSparseDataset as CSRDataset
+
+        CSCDataset = CSRDataset
+    if isinstance(X, (CSRDataset, CSCDataset)):
+        return X.to_memory()
+    if type(X).__module__.split(".")[0] in ("h5py", "zarr") and len(getattr(X, "shape", ())) == 2:
+        n, g = X.shape
+        rows = max(1, BACKED_BLOCK_BYTES // max(1, g * np.dtype(X.dtype).itemsize))
+        blocks = [scipy.sparse.csr_matrix(X[s : s + rows]) for s in range(0, n, rows)]
+        return scipy.sparse.vstack(blocks, format="csr") if blocks else scipy.sparse.csr_matrix((n, g), dtype=X.dtype)
+    return X
 
 
 class _Timer:
@@ -329,6 +359,12 @@ def embed(
     if not (hasattr(adata, "obsm") and hasattr(adata, "uns")):
         raise TypeError(f"embed() needs an AnnData, got {type(adata).__name__}; use LinearEmbedding for matrices.")
     if copy:
+        if getattr(adata, "isbacked", False):
+            raise ValueError(
+                "copy=True needs an in-memory AnnData; this one is backed on disk. Call embed(adata) "
+                "to write the results into it (its obsm/varm/uns live in memory; the file is not "
+                "changed), or load it with adata.to_memory() first."
+            )
         adata = adata.copy()
     t0 = time.perf_counter()
     est = LinearEmbedding(

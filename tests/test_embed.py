@@ -209,3 +209,24 @@ def test_embed_passes_pca_iterations_and_oversamples():
     gpulin.embed(adata, device="cpu", n_components=8, solver="randomized")
     params = adata.uns["X_gpulin"]["params"]
     assert params["n_iter"] == 4 and params["n_oversamples"] == 10
+
+
+@pytest.mark.parametrize("storage", ["csr", "csc", "dense"])
+def test_backed_anndata_is_read_into_memory(tmp_path, storage, monkeypatch):
+    """An AnnData opened with backed="r" embeds like the in-memory one (sparse datasets read
+    whole, dense ones in row blocks into CSR); copy=True explains what to do instead."""
+    import importlib
+
+    embed_module = importlib.import_module("gpulin.embed")  # the module (gpulin.embed is the function)
+    monkeypatch.setattr(embed_module, "BACKED_BLOCK_BYTES", 40 * 60 * 4)  # several row blocks
+    a = make_adata(n=150, g=60)
+    expected = gpulin.embed(a, device="cpu", n_components=5, copy=True).obsm["X_gpulin"]
+    disk = a.copy()
+    disk.X = {"csr": disk.X.tocsr(), "csc": disk.X.tocsc(), "dense": disk.X.toarray()}[storage]
+    disk.write_h5ad(tmp_path / "a.h5ad")
+    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    with pytest.raises(ValueError, match="backed on disk"):
+        gpulin.embed(backed, device="cpu", n_components=5, copy=True)
+    gpulin.embed(backed, device="cpu", n_components=5)
+    np.testing.assert_array_equal(backed.obsm["X_gpulin"], expected)
+    backed.file.close()
