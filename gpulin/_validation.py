@@ -28,10 +28,10 @@ def as_csr(X: Any, backend: Backend, *, name: str = "X") -> Any:
     if X is None:
         raise TypeError(f"{name} is None; expected a cells x genes matrix.")
     if backend.is_gpu:
-        # cupyx sparse matrices hold only bool/float32/float64/complex values: integer counts
-        # become float32 (exact below 2^24) before they reach the device.
+        # cupyx sparse matrices hold only bool/float32/float64/complex values: integer (and
+        # float16) counts become float32 (exact below 2^24) before they reach the device.
         dtype = getattr(X, "dtype", None)
-        if dtype is not None and np.dtype(dtype).kind in "iu":
+        if dtype is not None and (np.dtype(dtype).kind in "iu" or np.dtype(dtype) == np.float16):
             X = X.astype(np.float32)
     if is_gpu_array(X):
         if backend.is_gpu:
@@ -51,6 +51,8 @@ def as_csr(X: Any, backend: Backend, *, name: str = "X") -> Any:
             raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}.")
         if arr.ndim != 2:
             raise ValueError(f"{name} must be 2-dimensional (cells x genes), got shape {arr.shape}.")
+        if arr.dtype.kind == "f" and arr.dtype.itemsize < 4:  # float16: no sparse format holds it
+            arr = arr.astype(np.float32)
         csr = to_device(scipy.sparse.csr_matrix(arr), backend)
     n, g = csr.shape
     if n == 0 or g == 0:

@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._backend import to_host
-from ._backend import resolve_backend
+from ._backend import CPU, is_gpu_array, resolve_backend, to_host
 from .embed import _matrix_and_genes, align_genes
 from .implicit import GeneScaling, SparsePlusRowConstant, StandardizedOperator
 from .models import LogisticRegression, RidgeClassifier
@@ -230,19 +229,22 @@ class ScTOPProjection:
         self.backend_ = backend
         from ._validation import as_csr, check_counts
 
-        csr = as_csr(X, backend)
-        check_counts(csr, backend, method="sctop")
-        xp = backend.xp
+        # The type profiles are computed where the counts live (host counts are not copied to the
+        # GPU whole); only the small types x genes profiles go to the device for the transform.
+        where = backend if is_gpu_array(X) else CPU
+        csr = as_csr(X, where)
+        check_counts(csr, where, method="sctop")
+        xp = where.xp
         classes, codes = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"A basis needs at least 2 cell types, got {len(classes)}: {classes.tolist()}.")
         lib = xp.asarray(np.asarray(to_host(csr.sum(axis=1))).ravel())
         lib = xp.where(lib > 0, lib, 1.0)
-        inv = backend.sparse.diags(1.0 / lib)
+        inv = where.sparse.diags(1.0 / lib)
         onehot = np.zeros((len(classes), len(y)))
         onehot[codes, np.arange(len(y))] = 1.0 / np.bincount(codes)[codes]
-        profiles = backend.sparse.csr_matrix(xp.asarray(onehot)) @ (inv @ csr.astype(xp.float64))
-        profiles = backend.sparse.csr_matrix(profiles)
+        profiles = where.sparse.csr_matrix(xp.asarray(onehot)) @ (inv @ csr.astype(xp.float64))
+        profiles = where.sparse.csr_matrix(profiles)
         S = transform_implicit(profiles, "sctop", device=backend, check=False)
         self.basis_ = pd.DataFrame(S.toarray().T.astype(np.float64), index=np.asarray(genes).astype(str) if genes is not None else None, columns=classes)
         self.classes_ = classes

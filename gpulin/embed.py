@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from ._backend import Backend, out_of_memory_errors, resolve_backend, to_host
+from ._backend import CPU, Backend, is_gpu_array, out_of_memory_errors, resolve_backend, to_host
 from ._validation import as_csr, check_batch_size, check_n_components
 from .implicit import GeneScaling, StandardizedOperator
 from .pca import PCAResult, pca
@@ -264,8 +264,10 @@ class LinearEmbedding:
 def align_genes(X: Any, query_genes: np.ndarray, ref_genes: np.ndarray, backend: Backend, *, min_overlap: float = 0.0) -> Any:
     """Re-index the columns of counts ``X`` from ``query_genes`` to ``ref_genes`` (missing = 0).
 
-    Returns a CSR matrix on ``backend`` of shape (n_cells, len(ref_genes)); duplicate query gene
-    names are an error (ambiguous), and so is an overlap below ``min_overlap`` of the reference.
+    Returns a CSR matrix of shape (n_cells, len(ref_genes)) where ``X`` lives: counts on the host
+    stay there (the transforms upload them to ``backend`` one row block at a time, so GPU memory
+    stays bounded), counts already on the GPU stay on it. Duplicate query gene names are an error
+    (ambiguous), and so is an overlap below ``min_overlap`` of the reference.
     """
     if len(set(query_genes)) != len(query_genes):
         raise ValueError("The query has duplicated gene names (var_names); make them unique first.")
@@ -280,9 +282,10 @@ def align_genes(X: Any, query_genes: np.ndarray, ref_genes: np.ndarray, backend:
             "(min_gene_overlap). Check that both use the same gene identifiers (symbols vs Ensembl IDs, "
             "species: see gpulin.map_orthologs)."
         )
-    csr = as_csr(X, backend)
-    xp = backend.xp
-    P = backend.sparse.csr_matrix(
+    where = backend if is_gpu_array(X) else CPU
+    csr = as_csr(X, where)
+    xp = where.xp
+    P = where.sparse.csr_matrix(
         (xp.ones(len(qi), dtype=csr.dtype), (xp.asarray(qi), xp.asarray(ri))), shape=(csr.shape[1], G)
     )
     out = (csr @ P).tocsr()

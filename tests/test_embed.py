@@ -230,3 +230,23 @@ def test_backed_anndata_is_read_into_memory(tmp_path, storage, monkeypatch):
     gpulin.embed(backed, device="cpu", n_components=5)
     np.testing.assert_array_equal(backed.obsm["X_gpulin"], expected)
     backed.file.close()
+
+
+def test_gene_alignment_keeps_host_counts_on_the_host():
+    """align_genes re-indexes host counts on the host even for a CUDA backend: the transforms then
+    upload them one row block at a time (the whole matrix never sits on the GPU at once)."""
+    import importlib
+
+    import scipy.special
+
+    from gpulin._backend import Backend
+
+    embed_module = importlib.import_module("gpulin.embed")
+    X = make_counts(n=20, g=6, seed=1)
+    query = np.array([f"g{j}" for j in range(6)])
+    ref = np.array(["g5", "g0", "new", "g3"])
+    cuda_like = Backend("cuda", np, sp, scipy.special)  # never touched: X lives on the host
+    out = embed_module.align_genes(X, query, ref, cuda_like)
+    assert sp.issparse(out) and out.shape == (20, 4)
+    dense = X.toarray()
+    np.testing.assert_array_equal(out.toarray(), np.stack([dense[:, 5], dense[:, 0], np.zeros(20), dense[:, 3]], axis=1))
