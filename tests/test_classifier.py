@@ -204,3 +204,23 @@ def test_cross_species_preset_beats_the_reference_for_every_pca_seed(direction, 
         t = evaluate(ref, "cell_type1", "transfer", query=query, orthologs=orth, ortholog_cols=cols, min_cells=20,
                      device="cpu", preset="cross-species", seed=seed)
         assert t["macro_f1"].iloc[0] >= reference_f1 + 0.005
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("query_on_gpu", [False, True], ids=["host-query", "gpu-query"])
+def test_classifier_and_projection_cpu_and_gpu_agree(query_on_gpu):
+    """The preset and the scTOP projection give the same answers on CPU and GPU, for host counts
+    and for counts already on the GPU, with query genes re-indexed to the training genes."""
+    import cupyx.scipy.sparse as cusp
+
+    a = labelled(n=500, seed=9)
+    train, query = a[:400].copy(), a[400:, ::-1].copy()  # reversed genes: alignment by var_names
+    if query_on_gpu:
+        query.X = cusp.csr_matrix(query.X)
+    out = {}
+    for device in ("cpu", "cuda"):
+        clf = CellTypeClassifier(device=device, n_components=20).fit(train, "type")
+        proj = ScTOPProjection(device=device).fit(train, "type")
+        out[device] = (clf.predict_proba(query), proj.order_parameters(query).to_numpy())
+    np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], atol=1e-3)
+    np.testing.assert_allclose(out["cuda"][1], out["cpu"][1], atol=1e-5)
