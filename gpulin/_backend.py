@@ -51,6 +51,10 @@ class Backend:
     def is_gpu(self) -> bool:
         return self.name == "cuda"
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # Modules do not pickle: a backend pickles as its device name (fitted estimators hold one).
+        return _unpickle_backend, (self.name,)
+
     def asarray(self, a: Any, dtype: Any = None) -> Any:
         """Move a dense array to this device (no copy when already there with that dtype)."""
         if self.is_gpu:
@@ -148,6 +152,22 @@ def is_gpu_array(a: Any) -> bool:
 def backend_of(a: Any) -> Backend:
     """The backend on which ``a`` lives (CUDA for CuPy / cupyx objects, else CPU)."""
     return get_backend("cuda") if is_gpu_array(a) else CPU
+
+
+def _unpickle_backend(name: str) -> Backend:
+    """The backend of a pickled estimator: its device here, or the CPU with a warning when it was
+    fitted on a GPU and none is usable here (its fitted arrays are host arrays)."""
+    if name == "cuda" and not cuda_available():
+        import warnings
+
+        warnings.warn(
+            f"This object was fitted on a CUDA GPU, but none is usable here ({_cuda_probe()[1]}); "
+            "it will compute on the CPU.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return CPU
+    return get_backend(name)
 
 
 def resolve_backend(device: str | Backend, X: Any) -> Backend:

@@ -143,13 +143,14 @@ class CellTypeClassifier:
         else:
             genes = None
         self.genes_ = genes
-        self.scaling_ = GeneScaling.fit(S, scale=p["scale"])
-        op = StandardizedOperator(S, self.scaling_, genes)
+        scaling = GeneScaling.fit(S, scale=p["scale"])
+        self.scaling_ = scaling.on(CPU)  # host copy: the fitted classifier pickles and runs on either device
+        op = StandardizedOperator(S, scaling, genes)
         k = int(min(p["n_components"], n - 1, op.shape[1]))
         res = pca(op, k, solver=p["solver"], seed=p["seed"])
         self.components_ = res.components
         self.explained_variance_ = res.explained_variance
-        Z = self._whiten(res.scores)
+        Z = self._whiten(res.scores, S.backend.xp)
         if p["model"] == "logistic":
             model = LogisticRegression(C=p["C"], class_weight=p["class_weight"], max_iter=p["max_iter"], tol=p["tol"],
                                        device=self.backend_)
@@ -163,9 +164,9 @@ class CellTypeClassifier:
 
     def embed_transformed(self, S: SparsePlusRowConstant) -> Any:
         """Whitened PCA scores (device array) of transformed cells ``S`` over the training genes."""
-        op = StandardizedOperator(S, self.scaling_, self.genes_)
+        op = StandardizedOperator(S, self.scaling_.on(S.backend), self.genes_)
         xp = S.backend.xp
-        return self._whiten(op.matmat(xp.asarray(self.components_.T.astype(np.float32))))
+        return self._whiten(op.matmat(xp.asarray(self.components_.T.astype(np.float32))), xp)
 
     def predict_proba_transformed(self, S: SparsePlusRowConstant) -> np.ndarray:
         Z = self.embed_transformed(S)
@@ -181,10 +182,9 @@ class CellTypeClassifier:
         return self._labels(self.predict_proba_transformed(S), unassigned_threshold)
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _whiten(self, scores: Any) -> Any:
+    def _whiten(self, scores: Any, xp: Any) -> Any:
         if not self.params["whiten"]:
             return scores
-        xp = self.backend_.xp
         ev = np.where(self.explained_variance_ > 0, self.explained_variance_, 1.0)
         return scores / xp.asarray(np.sqrt(ev).astype(np.float32))[None, :]
 

@@ -251,6 +251,12 @@ class GeneScaling:
     def subset(self, genes: Any) -> "GeneScaling":
         return GeneScaling(self.mean[genes], self.scale[genes], self.var[genes], self.n_cells)
 
+    def on(self, backend: Backend) -> "GeneScaling":
+        """The same scaling with its arrays on ``backend`` (host NumPy for the CPU): fitted
+        estimators keep a host copy, so they pickle and run on either device."""
+        move = backend.xp.asarray if backend.is_gpu else (lambda a: np.asarray(to_host(a)))
+        return GeneScaling(move(self.mean), move(self.scale), move(self.var), self.n_cells)
+
 
 class StandardizedOperator:
     """The implicit linear operator ``A = (S - 1 mu^T) diag(1/sigma)``, optionally on a gene subset.

@@ -224,3 +224,44 @@ def test_classifier_and_projection_cpu_and_gpu_agree(query_on_gpu):
         out[device] = (clf.predict_proba(query), proj.order_parameters(query).to_numpy())
     np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], atol=1e-3)
     np.testing.assert_allclose(out["cuda"][1], out["cpu"][1], atol=1e-5)
+
+
+def test_fitted_estimators_pickle_and_predict_the_same():
+    """Fitted estimators pickle (joblib.dump works the same way) and give identical results after
+    loading: they keep host arrays, and their backend pickles as its device name."""
+    import pickle
+
+    from gpulin import LinearEmbedding, LogisticRegression, RidgeClassifier
+
+    a = labelled(n=300, seed=4)
+    clf = CellTypeClassifier(device="cpu", n_components=10).fit(a, "type")
+    proj = ScTOPProjection(device="cpu").fit(a, "type")
+    emb = LinearEmbedding(n_components=8, device="cpu").fit(a)
+    Z = emb.transform(a)
+    lr = LogisticRegression(device="cpu").fit(Z, a.obs["type"].to_numpy())
+    ridge = RidgeClassifier(device="cpu").fit(Z, a.obs["type"].to_numpy())
+    checks = [
+        (clf, lambda e: e.predict_proba(a)),
+        (proj, lambda e: e.order_parameters(a).to_numpy()),
+        (emb, lambda e: e.transform(a)),
+        (lr, lambda e: e.predict_proba(Z)),
+        (ridge, lambda e: e.decision_function(Z)),
+    ]
+    for est, result in checks:
+        loaded = pickle.loads(pickle.dumps(est))
+        np.testing.assert_array_equal(result(loaded), result(est))
+
+
+def test_a_gpu_fitted_estimator_loads_on_a_cpu_only_machine():
+    """A backend fitted on CUDA unpickles as the CPU backend, with a warning, where no GPU is usable."""
+    import pickle
+
+    import scipy.special
+
+    from gpulin._backend import CPU, Backend, cuda_available
+
+    if cuda_available():
+        pytest.skip("a GPU is usable here: the CUDA backend unpickles as itself")
+    cuda = Backend("cuda", np, sp, scipy.special)  # stands in for the real one: only its name is pickled
+    with pytest.warns(RuntimeWarning, match="fitted on a CUDA GPU.*compute on the CPU"):
+        assert pickle.loads(pickle.dumps(cuda)) is CPU
