@@ -3,7 +3,11 @@
 The operator only needs ``matmat`` (A @ V), ``rmatmat`` (A.T @ U), ``gram`` (A.T @ A) and
 ``total_variance``; see :class:`gpulin.implicit.StandardizedOperator`. Large products run on the
 operator's device in float32; every small dense factorization (l x l, with l = n_components +
-oversamples) runs on the host in float64, so CPU and GPU take the same decisions.
+oversamples) runs on the host in float64, so CPU and GPU take the same decisions on them. Two
+choices differ by device and leave the spans equal up to rounding: small host bases (at most
+:data:`SMALL_QR_SIZE` entries) are orthonormalized by Householder QR where the GPU uses
+CholeskyQR, and the ``solver="sklearn"`` Gram rounds normalize with LU on the host and with QR
+on the GPU (tested: ``tests/test_pca.py``, CPU/GPU agreement, ``gpu`` marker).
 """
 
 from __future__ import annotations
