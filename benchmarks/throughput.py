@@ -32,7 +32,21 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
+from _memory import PeakMemory  # noqa: E402
 from _provenance import git_commit  # noqa: E402
+
+
+def _measured(fn, sync, repeats, n_cells, csr_bytes, gpu=False, **extra):
+    """Median seconds of ``repeats`` runs after a warm-up, cells/s and the peak memory of them all
+    (host RSS above the level before, and the CuPy pool's high-water mark on a GPU), also as
+    multiples of the CSR input's size."""
+    with PeakMemory(gpu=gpu) as mem:
+        s = _timed(fn, sync, repeats)
+    out = {"seconds": s, "cells_per_s": n_cells / s, **extra, "peak_host_bytes": mem.host_bytes,
+           "peak_host_over_csr": mem.host_bytes / csr_bytes}
+    if mem.gpu_bytes is not None:
+        out.update(peak_gpu_bytes=mem.gpu_bytes, peak_gpu_over_csr=mem.gpu_bytes / csr_bytes)
+    return out
 
 
 def _timed(fn, sync, repeats):
@@ -74,6 +88,7 @@ def main() -> None:
     for n in tqdm(sizes, desc="cells"):
         adata = synthetic_atlas(n_cells=n, n_genes=args.n_genes, seed=0)
         nnz = int(adata.X.nnz)
+        csr_bytes = int(adata.X.data.nbytes + adata.X.indices.nbytes + adata.X.indptr.nbytes)
         if backend.is_gpu and nnz < 2**31:  # CuPy <= 14.2 narrows a larger indptr to int32
             import cupyx.scipy.sparse as cusp
 
@@ -86,8 +101,8 @@ def main() -> None:
                 gpulin.embed(adata, device=args.device, method=method, n_components=50, scale=method == "sctop")
                 stages.update(adata.uns["X_gpulin"]["timings"])
 
-            s = _timed(run, sync, args.repeats)
-            entry["tools"][f"gpulin_{method}"] = {"seconds": s, "cells_per_s": n / s, "stages": dict(stages)}
+            entry["tools"][f"gpulin_{method}"] = _measured(run, sync, args.repeats, n, csr_bytes, backend.is_gpu)
+            entry["tools"][f"gpulin_{method}"]["stages"] = dict(stages)
         if not args.skip_peers and not backend.is_gpu:
             try:
                 import anndata as ad
@@ -99,14 +114,13 @@ def main() -> None:
                     sc.pp.log1p(b)
                     sc.pp.pca(b, n_comps=50, random_state=0)
 
-                s = _timed(run_scanpy, sync, args.repeats)
-                entry["tools"]["scanpy"] = {"seconds": s, "cells_per_s": n / s}
+                entry["tools"]["scanpy"] = _measured(run_scanpy, sync, args.repeats, n, csr_bytes)
             except ImportError:
                 pass
         if not args.skip_peers and not backend.is_gpu:
             entry["tools"]["reference"] = _reference_peer(adata, args.n_genes)
         if not args.skip_peers and backend.is_gpu:
-            entry["tools"].update(_gpu_peers(adata, sync, args.repeats))
+            entry["tools"].update(_gpu_peers(adata, sync, args.repeats, csr_bytes))
         rows.append(entry)
         print(json.dumps({t: round(v["cells_per_s"]) if np.isfinite(v["cells_per_s"]) else v.get("error")
                           for t, v in entry["tools"].items()}), flush=True)
@@ -182,7 +196,7 @@ def _reference_peer(adata, n_genes: int) -> dict:
             "note": "one run (sctop.process + StandardScaler + PCA(50, randomized))"}
 
 
-def _gpu_peers(adata, sync, repeats) -> dict:
+def _gpu_peers(adata, sync, repeats, csr_bytes) -> dict:
     """torch.pca_lowrank on a sparse CUDA tensor, cupyx svds, rapids-singlecell (if present)."""
     import cupy as cp
 
@@ -210,15 +224,19 @@ def _gpu_peers(adata, sync, repeats) -> dict:
                                     torch.as_tensor(X.indices.astype(cp.int64), device="cuda"),
                                     torch.as_tensor(X.data, device="cuda"), size=X.shape).to_sparse_coo()
         # (pca_lowrank takes its sparse path for COO only; CSR would fail in its dense mean)
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
         s = _timed(lambda: torch.pca_lowrank(t, q=50, center=True), torch.cuda.synchronize, repeats)
-        out["torch_pca_lowrank"] = {"seconds": s, "cells_per_s": n / s, "note": "lognorm given; PCA only"}
+        peak = int(torch.cuda.max_memory_allocated() - base)  # torch's own allocator, above its input
+        out["torch_pca_lowrank"] = {"seconds": s, "cells_per_s": n / s, "note": "lognorm given; PCA only",
+                                    "peak_gpu_bytes": peak, "peak_gpu_over_csr": peak / csr_bytes}
     except Exception as exc:  # pragma: no cover - depends on the GPU stack
         out["torch_pca_lowrank"] = {"error": str(exc)[:200], "seconds": float("nan"), "cells_per_s": float("nan")}
     try:
         from cupyx.scipy.sparse.linalg import svds
 
-        s = _timed(lambda: svds(X, k=50), sync, repeats)
-        out["cupyx_svds"] = {"seconds": s, "cells_per_s": n / s, "note": "lognorm given; uncentred"}
+        out["cupyx_svds"] = _measured(lambda: svds(X, k=50), sync, repeats, n, csr_bytes, gpu=True,
+                                      note="lognorm given; uncentred")
     except Exception as exc:  # pragma: no cover
         out["cupyx_svds"] = {"error": str(exc)[:200], "seconds": float("nan"), "cells_per_s": float("nan")}
     try:
@@ -231,8 +249,7 @@ def _gpu_peers(adata, sync, repeats) -> dict:
             rsc.pp.log1p(b)
             rsc.pp.pca(b, n_comps=50)
 
-        s = _timed(run, sync, repeats)
-        out["rapids_singlecell"] = {"seconds": s, "cells_per_s": n / s}
+        out["rapids_singlecell"] = _measured(run, sync, repeats, n, csr_bytes, gpu=True)
     except ImportError:
         pass
     return out
