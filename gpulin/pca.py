@@ -360,11 +360,6 @@ def _sketch_gram_is_cheaper(op: Any, side: int, l: int, n_iter: int) -> bool:
     return n * G * side <= DENSE_FLOP_ADVANTAGE * passes
 
 
-def _qr64(Y: Any, xp: Any) -> tuple[Any, np.ndarray]:
-    """Reduced QR of a tall ``Y`` in float64 (Q on ``Y``'s device, R on the host; see :func:`_qr`)."""
-    return _qr(Y.astype(xp.float64), xp, passes=2)
-
-
 def _well_conditioned(R: Any, rtol: float = 1e-7) -> bool:
     d = np.abs(np.diag(np.asarray(to_host(R))))
     return bool(d.size and d.min() > rtol * d.max())
