@@ -420,7 +420,6 @@ class StandardizedOperator:
         GEMM on a dense row tile of ``D`` when the matrix is dense enough for that to be faster.
         ``out``: a C-contiguous float32 (n_cells, k) array on the device to write the result into.
         """
-        xp = self.backend.xp
         Wfull, colsum, shift = self._scaled_right(V)
         out = self._output(out, Wfull.shape[1])
         if self._cpu_sparse:
@@ -478,7 +477,6 @@ class StandardizedOperator:
         if not self.dense_tiles:
             Y = self.matmat(V, out=out)
             return Y, self.rmatmat(Y)
-        xp = self.backend.xp
         Wfull, colsum, shift = self._scaled_right(V)
         k = Wfull.shape[1]
         Y = self._output(out, k)
