@@ -12,7 +12,9 @@ genes) form a Poisson process of rate ``lam_g`` on the genes, drawn by thinning:
 (``log(1 + x) <= x``), so candidates are drawn from the process of rate ``mu_g`` (``Poisson(L_c)``
 of them, each on gene ``g`` with probability ``q_g``, by Walker's alias method) and each is kept
 with probability ``lam_g / mu_g = log(1 + x_g) / x_g``. The work per cell is proportional to its
-library size (about 1,900 candidates at the atlas defaults) instead of the number of genes.
+library size (about 1,900 candidates at the atlas defaults) instead of the number of genes. Cells
+deeper than that (library size above the number of genes) take the direct route instead: one
+``Poisson(lam_g)`` cluster count per gene.
 
 Every draw comes from the NumPy ``Generator`` passed in (Numba runs NumPy's own PCG64 stream and
 distributions), in a fixed order, so a block's counts depend only on its generator's seed; the
@@ -82,8 +84,21 @@ def alias_tables(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return prob, alias
 
 
+def direct(lib: np.ndarray, n_genes: int) -> np.ndarray:
+    """Cells sampled gene by gene (one Poisson cluster count per gene) rather than by thinning:
+    those whose library size exceeds the number of genes, where the ~``lib`` candidates would cost
+    more than a pass over the genes."""
+    return lib > n_genes
+
+
+def capacity(lib: np.ndarray, n_cand: np.ndarray, n_genes: int) -> int:
+    """Non-zeros a block can produce at most: ``min(candidates, genes)`` per thinned cell (each
+    non-zero needs a kept candidate), ``genes`` per directly sampled one."""
+    return int(np.where(direct(lib, n_genes), n_genes, np.minimum(n_cand, n_genes)).sum())
+
+
 def scratch_arrays(candidates: int, n_genes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Work arrays of :func:`sample_block` for up to ``candidates`` candidates per block."""
+    """Work arrays of :func:`sample_block` for up to ``candidates`` non-zeros per block (:func:`capacity`)."""
     return (
         np.empty(candidates, dtype=np.int64),
         np.empty(candidates, dtype=np.int32),
@@ -141,6 +156,7 @@ def sample_block(
     rng: np.random.Generator,
     tab: np.ndarray,
     tab_int: np.ndarray,
+    r: np.ndarray,
     combo: np.ndarray,
     lib: np.ndarray,
     n_cand: np.ndarray,
@@ -158,15 +174,18 @@ def sample_block(
         order.
     tab, tab_int : (n_combo, n_genes, 4)
         :func:`packed_tables` and its int32 view.
+    r : (n_genes,) float32
+        Inverse dispersion per gene (for the cells sampled gene by gene, :func:`direct`).
     combo : (n_rows,) int64
         Program row of each cell.
     lib : (n_rows,) float64
         Library size (expected total count) of each cell.
     n_cand : (n_rows,) int64
-        Candidates per cell, ``Poisson(lib)`` (drawn by the caller from ``rng``).
+        Candidates per cell, ``Poisson(lib)`` (drawn by the caller from ``rng``; unused for the
+        cells sampled gene by gene).
     scratch : tuple
         Work arrays reused across blocks (:func:`scratch_arrays`; fresh pages are costly):
-        int64 and int32 arrays of at least ``n_cand.sum()`` entries, an int64 array of
+        int64 and int32 arrays of at least :func:`capacity` entries, an int64 array of
         ``n_genes`` zeros and a uint64 bitmap of ``n_genes`` bits (both left zeroed).
 
     Returns
@@ -192,6 +211,28 @@ def sample_block(
         k = combo[c]
         L = lib[c]
         m = 0
+        if L > n_genes:  # deep cell (:func:`direct`): one Poisson cluster count per gene, in order
+            s = 0
+            for g in range(n_genes):
+                x = L * tab[k, g, 2]
+                if not x > 0.0:
+                    continue
+                log1p_x = math.log1p(x)
+                n_clusters = rng.poisson(r[g] * log1p_x)
+                if n_clusters == 0:
+                    continue
+                y = 0
+                for _ in range(n_clusters):
+                    y += _logseries(rng, x / (1.0 + x), log1p_x)
+                tmp_cols[pos + m] = g
+                tmp_counts[pos + m] = y
+                s += y
+                m += 1
+            start[c] = pos
+            row_nnz[c] = m
+            row_counts[c] = s
+            pos += m
+            continue
         for _ in range(n_cand[c]):
             u = rng.random() * n_genes
             j = min(int(u), n_genes - 1)

@@ -57,12 +57,16 @@ __all__ = [
 # Synthetic atlas
 # --------------------------------------------------------------------------------------------
 
-_MODEL_VERSION = 2  # 2: thinning sampler (_nb_sampler); 1 drew the same model by a dense per-gene search
+# Same model in every version; the realization changed. 1: a dense per-gene search per cell;
+# 2: the compiled thinning sampler (_nb_sampler); 3: cells deeper than the number of genes are
+# sampled gene by gene (a few cells at the defaults; dense atlases were slow by thinning).
+_MODEL_VERSION = 3
 # Cells per random-stream block: a function of n_genes only (never of chunk_size), so the output
 # is identical for every chunk_size and n_jobs. 1,677 cells at 20k genes: enough cells per block
 # that each (type, condition, species, donor) program's sampling tables are reused from cache
 # (2**23, 419 cells, was 20% slower).
 _BLOCK_ENTRIES = 2**25
+_BLOCK_NNZ = 2**22  # ... and at most about this many expected non-zeros (dense atlases)
 _PILOT_CELLS = 512
 _CAPACITY_FACTOR = 1.15  # output arrays reserved at this multiple of the expected nnz
 
@@ -341,7 +345,7 @@ def synthetic_atlas(
     chunk_size
         Cells in flight at once: the worker threads get blocks of cells up to about
         ``chunk_size`` cells ahead of the assembly. Does not change the result (the random streams
-        are tied to fixed internal blocks of ``2**25 // n_genes`` cells).
+        are tied to fixed internal blocks of cells, set by ``n_genes`` and ``density``).
     dtype
         dtype of the stored counts (``X.data``); counts are integer valued.
     n_donors_per_species
@@ -421,7 +425,8 @@ def synthetic_atlas(
     lib = l0 * cells["mult"]
 
     # ---- counts, block by block
-    block = max(1, _BLOCK_ENTRIES // n_genes)
+    # (fewer cells per block when cells are dense, so a block's output stays near _BLOCK_NNZ)
+    block = max(1, min(_BLOCK_ENTRIES // n_genes, int(_BLOCK_NNZ // max(1.0, target * n_genes))))
     n_blocks = -(-n_cells // block)
 
     from . import _nb_sampler  # Numba, compiled on first use and cached
@@ -439,12 +444,12 @@ def synthetic_atlas(
         s, e = b * block, min((b + 1) * block, n_cells)
         rng = _seed_rng(seed, _STREAM_COUNTS, b)
         n_cand = rng.poisson(lib[s:e]).astype(np.int64)
-        need = int(n_cand.sum())
+        need = _nb_sampler.capacity(lib[s:e], n_cand, n_genes)
         scratch = getattr(tls, "scratch", None)
         if scratch is None or scratch[0].size < need:
             scratch = tls.scratch = _nb_sampler.scratch_arrays(int(1.25 * need) + 1024, n_genes)
         counts, cols, row_nnz, row_counts = _nb_sampler.sample_block(
-            rng, tab, tab_int, combo[s:e], lib[s:e], n_cand, scratch
+            rng, tab, tab_int, model.r, combo[s:e], lib[s:e], n_cand, scratch
         )
         return counts.astype(dtype, copy=False), cols, row_nnz, row_counts
 

@@ -225,18 +225,24 @@ def test_single_species_single_condition():
     assert a.obs["cell_type"].nunique() == 3
 
 
+@pytest.mark.parametrize("path", ["thinning", "direct"])
 @pytest.mark.parametrize("n_programs", [1, 3], ids=["one-program", "mixed-programs"])
-def test_negative_binomial_moments(n_programs):
-    """The thinned compound-Poisson sampler reproduces NB means, variances and zero fractions,
-    with cells of several programs interleaved in a block (processed grouped by program and
-    written back in cell order)."""
+def test_negative_binomial_moments(n_programs, path):
+    """The compound-Poisson sampler reproduces NB means, variances and zero fractions, by
+    thinning (library size below the number of genes: here padded with never-expressed genes)
+    and gene by gene (deeper cells), with cells of several programs interleaved in a block
+    (processed grouped by program and written back in cell order)."""
     from gpulin import _nb_sampler
 
-    mu = np.array([0.01, 0.2, 1.0, 5.0, 40.0, 0.0, 300.0])
-    r = np.array([0.5, 2.0, 3.0, 1.0, 10.0, 1.0, 2.0], dtype=np.float32)
+    pad = 400 if path == "thinning" else 0  # library sizes are ~350 counts
+    mu = np.concatenate(([0.01, 0.2, 1.0, 5.0, 40.0, 0.0, 300.0], np.zeros(pad)))
+    r = np.concatenate(([0.5, 2.0, 3.0, 1.0, 10.0, 1.0, 2.0], np.ones(pad))).astype(np.float32)
     G = mu.size
     # program k scales the genes' means by a permutation of its own; library size = sum of mu
-    scales = np.array([[1.0] * G, [2.0, 0.5, 1.0, 3.0, 0.25, 1.0, 0.1], [0.5] * G])[:n_programs]
+    scales = np.ones((3, G))
+    scales[1, :7] = [2.0, 0.5, 1.0, 3.0, 0.25, 1.0, 0.1]
+    scales[2] = 0.5
+    scales = scales[:n_programs]
     mus = mu * scales
     q = mus / mus.sum(axis=1, keepdims=True)
     q_over_r = (q / r).astype(np.float32)
@@ -246,14 +252,17 @@ def test_negative_binomial_moments(n_programs):
     combo = np.arange(n) % n_programs
     lib = mus.sum(axis=1)[combo]
     rng = np.random.default_rng(7)
+    assert _nb_sampler.direct(lib, G).all() == (path == "direct") and _nb_sampler.direct(lib, G).any() == (path == "direct")
     n_cand = rng.poisson(lib).astype(np.int64)
-    scratch = _nb_sampler.scratch_arrays(int(n_cand.sum()), G)
-    counts, cols, row_nnz, row_counts = _nb_sampler.sample_block(rng, tab, tab.view(np.int32), combo, lib, n_cand, scratch)
+    scratch = _nb_sampler.scratch_arrays(_nb_sampler.capacity(lib, n_cand, G), G)
+    counts, cols, row_nnz, row_counts = _nb_sampler.sample_block(rng, tab, tab.view(np.int32), r, combo, lib, n_cand, scratch)
     indptr = np.concatenate(([0], np.cumsum(row_nnz)))
     X = scipy.sparse.csr_matrix((counts, cols, indptr), shape=(n, G))
     assert X.has_canonical_format  # genes ascending, no duplicates
     X = X.toarray()
-    assert np.array_equal(X.sum(axis=1), row_counts) and (X[:, 5] == 0).all()
+    assert np.array_equal(X.sum(axis=1), row_counts) and (X[:, 5] == 0).all() and (X[:, 7:] == 0).all()
+    X = X[:, :7]
+    mus, r = mus[:, :7], r[:7]
     for k in range(n_programs):
         Xk, m = X[combo == k], mus[k]
         nk = Xk.shape[0]
