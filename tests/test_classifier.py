@@ -265,3 +265,30 @@ def test_a_gpu_fitted_estimator_loads_on_a_cpu_only_machine():
     cuda = Backend("cuda", np, sp, scipy.special)  # stands in for the real one: only its name is pickled
     with pytest.warns(RuntimeWarning, match="fitted on a CUDA GPU.*compute on the CPU"):
         assert pickle.loads(pickle.dumps(cuda)) is CPU
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_classification_metrics_equal_scikit_learn(seed):
+    """The metrics of gpulin.evaluate equal scikit-learn's, with a predicted label absent from the
+    truth, a true label never predicted, tied scores and string labels."""
+    from sklearn import metrics
+
+    from gpulin.evaluation import classification_metrics
+
+    rng = np.random.default_rng(seed)
+    classes = np.array(["a", "b", "c", "d"])
+    y_true = rng.choice(classes[:3], size=300)
+    y_pred = np.where(rng.random(300) < 0.7, y_true, rng.choice(classes, size=300))
+    y_pred[y_pred == "c"] = "b"  # "c" is never predicted; "d" is predicted but never true
+    proba = np.round(rng.dirichlet(np.ones(4), size=300), 1)  # many ties
+    got = classification_metrics(y_true, y_pred, proba, classes)
+    want = {
+        "accuracy": metrics.accuracy_score(y_true, y_pred),
+        "macro_f1": metrics.f1_score(y_true, y_pred, average="macro", zero_division=0),
+        "macro_precision": metrics.precision_score(y_true, y_pred, average="macro", zero_division=0),
+        "macro_recall": metrics.recall_score(y_true, y_pred, average="macro", zero_division=0),
+        "balanced_accuracy": metrics.balanced_accuracy_score(y_true, y_pred),
+        "macro_auroc": np.mean([metrics.roc_auc_score(y_true == c, proba[:, i]) for i, c in enumerate(classes[:3])]),
+    }
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
