@@ -441,8 +441,10 @@ ONE_PASS_CHOLESKY_RTOL = 1e-4
 
 def _basis_times(Y: Any, Rinv: np.ndarray | None, B: np.ndarray, xp: Any) -> Any:
     """``Q @ B`` for the basis ``Q = Y @ Rinv`` (``Q = Y`` when ``Rinv`` is None) of
-    :func:`_rounds_on_sketch_gram`: one tall product with the small ``Rinv @ B``."""
-    return _times_small(Y, B if Rinv is None else Rinv @ B, xp)
+    :func:`_rounds_on_sketch_gram`: one tall product with the small ``Rinv @ B``, in ``Y``'s
+    precision (a float64 product converts every row block of ``Y`` first: 68 ms against 8.7 ms for
+    20k x 230 by 230 x 220)."""
+    return _times_small(Y, (B if Rinv is None else Rinv @ B).astype(Y.dtype), xp)
 
 
 def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int) -> PCAResult:
