@@ -61,8 +61,9 @@ __all__ = [
 # 2: the compiled thinning sampler (_nb_sampler); 3: cells deeper than the number of genes are
 # sampled gene by gene (a few cells at the defaults; dense atlases were slow by thinning).
 _MODEL_VERSION = 3
-# Cells per random-stream block: a function of n_genes only (never of chunk_size), so the output
-# is identical for every chunk_size and n_jobs. 1,677 cells at 20k genes: enough cells per block
+# Cells per random-stream block: a function of n_genes and the density only (never of chunk_size
+# or n_jobs), so the output is identical for every chunk_size and n_jobs. 1,677 cells at 20k
+# genes and the default density: enough cells per block
 # that each (type, condition, species, donor) program's sampling tables are reused from cache
 # (2**23, 419 cells, was 20% slower).
 _BLOCK_ENTRIES = 2**25
