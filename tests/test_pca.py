@@ -368,3 +368,44 @@ def test_block_krylov_device_branches_equal_host_branches(low_rank, dense_tiles)
     np.testing.assert_allclose(a.singular_values, b.singular_values, rtol=1e-5)
     np.testing.assert_allclose(np.abs(np.sum(a.components * b.components, axis=1)), 1.0, atol=1e-5)
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-3, atol=1e-3 * np.abs(a.scores).max())
+
+
+@pytest.mark.parametrize(
+    "solver, shape, sketch_gram",
+    [
+        ("randomized", (300, 120), None),
+        ("randomized", (120, 300), None),
+        ("gram", (300, 120), None),
+        ("gram", (120, 300), None),
+        ("sklearn", (300, 120), True),
+        ("sklearn", (120, 300), True),
+        ("sklearn", (300, 120), False),
+        ("sklearn", (120, 300), False),
+    ],
+)
+def test_pca_device_branches_on_a_strict_cupy_stand_in(solver, shape, sketch_gram, monkeypatch):
+    """Every PCA solver through its device branches with arrays that, like CuPy's, refuse implicit
+    conversion to NumPy and mixing with host arrays (tests/strict_device.py): nothing on the way
+    hands a device array to NumPy/SciPy/Numba or a host array to device arithmetic, and the
+    results equal the host run's."""
+    import dataclasses
+
+    import gpulin.pca as pca_module
+    from strict_device import DenseOperator, xp as strict_xp
+
+    if sketch_gram is not None:
+        monkeypatch.setattr(pca_module, "_sketch_gram_is_cheaper", lambda *a: sketch_gram)
+    rng = np.random.default_rng(7)
+    n, g = shape
+    A = (rng.standard_normal((n, 6)) * [30, 20, 12, 8, 5, 3]) @ rng.standard_normal((6, g))
+    A = (A + rng.standard_normal((n, g))).astype(np.float32)
+    A -= A.mean(axis=0)
+    backend = gpulin.get_backend("cpu")
+    host = pca(DenseOperator(A, backend), 12, solver=solver, seed=3)
+    device_backend = dataclasses.replace(backend, name="cuda", xp=strict_xp)
+    dev = pca(DenseOperator(A, device_backend), 12, solver=solver, seed=3)
+    assert type(dev.scores).__module__.startswith("cupy")  # scores stay on the device
+    assert isinstance(dev.components, np.ndarray) and isinstance(dev.singular_values, np.ndarray)
+    np.testing.assert_allclose(dev.singular_values, host.singular_values, rtol=1e-4)
+    np.testing.assert_allclose(np.abs(np.sum(dev.components * host.components, axis=1)), 1.0, atol=1e-4)
+    np.testing.assert_allclose(dev.scores.get(), host.scores, atol=2e-3 * np.abs(host.scores).max())
