@@ -17,6 +17,7 @@ from sklearn.linear_model import RidgeClassifier as SkRidge
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+import gpulin
 from gpulin._backend import cuda_available
 from gpulin.models import LogisticRegression, RidgeClassifier
 
@@ -345,3 +346,33 @@ def test_ridge_cpu_gpu_agree(class_weight):
     wide = RidgeClassifier(device="cuda").fit(X[:30], y[:30])
     wide_cpu = RidgeClassifier(device="cpu").fit(X[:30], y[:30])
     np.testing.assert_allclose(wide.coef_, wide_cpu.coef_, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("model", ["logistic", "ridge"])
+def test_device_branches_on_a_strict_cupy_stand_in(model, monkeypatch):
+    """The classifiers' device branches with the strict CuPy stand-in (tests/strict_device.py)
+    as the CUDA backend: device and host inputs, nothing converted implicitly, results equal to
+    the host run's."""
+    import dataclasses
+
+    import gpulin._backend as backend_module
+    from strict_device import DeviceArray, xp as strict_xp
+
+    stand_in = dataclasses.replace(gpulin.get_backend("cpu"), name="cuda", xp=strict_xp)
+    monkeypatch.setattr(backend_module, "_cuda_probe", lambda: (stand_in, ""))
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    Z = rng.standard_normal((300, 8)).astype(np.float32)
+    Z[y == 1] += 1.5
+    Z[y == 2, 0] -= 2.0
+    cls = gpulin.LogisticRegression if model == "logistic" else gpulin.RidgeClassifier
+    host = cls(device="cpu", class_weight="balanced").fit(Z, y)
+    for X in (DeviceArray(Z), Z):
+        dev = cls(device="cuda", class_weight="balanced").fit(X, y)
+        assert isinstance(dev.coef_, np.ndarray)
+        np.testing.assert_allclose(dev.coef_, host.coef_, rtol=1e-6, atol=1e-8)
+        out = dev.decision_function(X)
+        np.testing.assert_allclose(out.get() if hasattr(out, "get") else out, host.decision_function(Z), rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(dev.predict(X), host.predict(Z))
+        if model == "logistic":
+            np.testing.assert_allclose(dev.predict_proba(X), host.predict_proba(Z), atol=1e-7)
