@@ -342,7 +342,7 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
     if approach == "projection":
         clf = ScTOPProjection(device=device).fit(ref, label_key)
         a = clf.order_parameters(query).to_numpy()
-        pred = clf.predict(query, unassigned_threshold=None)  # argmax, as published
+        pred = np.asarray(clf.classes_, dtype=object)[a.argmax(axis=1)]  # predict(): argmax, as published
         e = np.exp(a - a.max(axis=1, keepdims=True))
         proba = e / e.sum(axis=1, keepdims=True)
     else:
