@@ -106,6 +106,12 @@ class LinearEmbedding:
         ``lognorm`` library size.
     min_gene_overlap : float
         Smallest fraction of reference genes a query must contain.
+    mask_var : str or array of bool, optional
+        Genes the PCA runs on (as scanpy's ``pca(mask_var=...)``): the name of a boolean
+        ``var`` column (e.g. ``"highly_variable"``) or a boolean array over the genes. The
+        per-cell transform still runs over all genes (as in the published pipeline, where genes
+        are selected after the scTOP transform); the other genes get zero loadings. None: all
+        genes.
     device : {"cpu", "cuda", "auto"}
     batch_size : int, optional
         Cells per row block (None: automatic).
@@ -116,6 +122,9 @@ class LinearEmbedding:
     var_names_ : numpy.ndarray of str, shape (n_genes,)
     mean_, scale_ : numpy.ndarray, shape (n_genes,)
     components_ : numpy.ndarray, shape (n_components, n_genes)
+        Zero outside ``mask_var``.
+    mask_var_ : numpy.ndarray of bool, shape (n_genes,)
+        The genes the PCA ran on.
     explained_variance_, explained_variance_ratio_, singular_values_ : numpy.ndarray
     n_iter_, n_oversamples_ : int
         Iterations and oversamples the PCA used (``n_iter_`` is 0 for the exact solver).
@@ -134,6 +143,7 @@ class LinearEmbedding:
         n_iter: int | None = None,
         target_sum: float = 1e4,
         min_gene_overlap: float = 0.5,
+        mask_var: str | Any | None = None,
         device: str = "auto",
         batch_size: int | None = None,
         seed: int = 0,
@@ -147,6 +157,7 @@ class LinearEmbedding:
         self.n_iter = n_iter
         self.target_sum = target_sum
         self.min_gene_overlap = min_gene_overlap
+        self.mask_var = mask_var
         self.device = device
         self.batch_size = batch_size
         self.seed = seed
@@ -180,12 +191,13 @@ class LinearEmbedding:
         backend = resolve_backend(self.device, X)
         timer = _Timer(backend)
         n, G = X.shape
-        k = check_n_components(self.n_components, n, G)
+        mask = gene_mask(adata, self.mask_var, G)
+        k = check_n_components(self.n_components, n, int(mask.sum()))
         try:
             S = self._transform_counts(X, backend)
             timer.lap("transform")
             scaling = GeneScaling.fit(S, scale=self.scale)
-            op = StandardizedOperator(S, scaling)
+            op = StandardizedOperator(S, scaling, None if mask.all() else np.flatnonzero(mask))
             timer.lap("standardize")
             res: PCAResult = pca(
                 op, k, solver=self.solver, n_oversamples=self.n_oversamples, n_iter=self.n_iter, seed=self.seed
@@ -201,7 +213,11 @@ class LinearEmbedding:
         self.mean_ = np.asarray(to_host(scaling.mean))
         self.scale_ = np.asarray(to_host(scaling.scale))
         self.var_ = np.asarray(to_host(scaling.var))
+        self.mask_var_ = mask
         self.components_ = res.components
+        if not mask.all():  # full-width loadings, zero outside the mask (scanpy's convention)
+            self.components_ = np.zeros((res.components.shape[0], G), dtype=res.components.dtype)
+            self.components_[:, mask] = res.components
         self.singular_values_ = res.singular_values
         self.explained_variance_ = res.explained_variance
         self.explained_variance_ratio_ = res.explained_variance_ratio
@@ -259,6 +275,30 @@ class LinearEmbedding:
         if q.shape[0] == G and np.array_equal(q, ref):
             return X
         return align_genes(X, q, ref, backend, min_overlap=float(self.min_gene_overlap))
+
+
+def gene_mask(adata: Any, mask_var: Any, n_genes: int) -> np.ndarray:
+    """The boolean gene mask of ``mask_var`` (see :class:`LinearEmbedding`), checked."""
+    if mask_var is None:
+        return np.ones(n_genes, dtype=bool)
+    if isinstance(mask_var, str):
+        var = getattr(adata, "var", None)
+        if var is None:
+            raise TypeError(f"mask_var={mask_var!r} names a var column, which needs an AnnData input.")
+        if mask_var not in var.columns:
+            raise KeyError(f"mask_var={mask_var!r} is not a column of adata.var; columns: {list(var.columns)}.")
+        values = var[mask_var].to_numpy()
+        name = f"adata.var[{mask_var!r}]"
+    else:
+        values = np.asarray(to_host(mask_var))
+        name = "mask_var"
+    if values.dtype != bool:
+        raise TypeError(f"{name} must be boolean (True for the genes to use), got dtype {values.dtype}.")
+    if values.shape != (n_genes,):
+        raise ValueError(f"{name} has shape {values.shape}; expected ({n_genes},), one entry per gene.")
+    if not values.any():
+        raise ValueError(f"{name} selects no gene.")
+    return values.copy()
 
 
 def align_genes(X: Any, query_genes: np.ndarray, ref_genes: np.ndarray, backend: Backend, *, min_overlap: float = 0.0) -> Any:
@@ -321,6 +361,7 @@ def embed(
     target_sum: float = 1e4,
     n_iter: int | None = None,
     n_oversamples: int | None = None,
+    mask_var: str | Any | None = None,
 ) -> Any:
     """Embed cells: per-cell transform -> gene standardization -> PCA, without densifying.
 
@@ -354,6 +395,10 @@ def embed(
     n_iter, n_oversamples : int, optional
         Iterations and extra directions of the randomized PCA (:func:`gpulin.pca.pca`; defaults
         4 and 10). More iterations capture more variance where the spectrum decays slowly.
+    mask_var : str or array of bool, optional
+        Genes the PCA runs on: a boolean ``var`` column name (e.g. ``"highly_variable"``) or a
+        boolean array over the genes (scanpy's ``pca(mask_var=...)``). The transform still runs
+        over all genes; the loadings of the other genes are zero. None (default): all genes.
 
     Returns
     -------
@@ -382,6 +427,7 @@ def embed(
         seed=seed,
         n_iter=n_iter,
         n_oversamples=n_oversamples,
+        mask_var=mask_var,
     )
     scores = est.fit_transform(adata, layer=layer)
     adata.obsm[key_added] = scores
@@ -399,6 +445,8 @@ def embed(
             "n_iter": int(est.n_iter_),
             "n_oversamples": int(est.n_oversamples_),
             "target_sum": target_sum,
+            "mask_var": mask_var if isinstance(mask_var, str) or mask_var is None else "array",
+            "n_genes_used": int(est.mask_var_.sum()),
         },
         "device": est.backend_.name,
         "variance": est.explained_variance_,

@@ -250,3 +250,34 @@ def test_gene_alignment_keeps_host_counts_on_the_host():
     assert sp.issparse(out) and out.shape == (20, 4)
     dense = X.toarray()
     np.testing.assert_array_equal(out.toarray(), np.stack([dense[:, 5], dense[:, 0], np.zeros(20), dense[:, 3]], axis=1))
+
+
+def test_mask_var_runs_the_pca_on_a_gene_subset():
+    """mask_var (a var column or a boolean array): the transform over all genes, the PCA over the
+    masked genes only (equal to a dense PCA of those standardized columns), zero loadings
+    elsewhere, and queries projected the same way."""
+    a = make_adata(n=300, g=80, seed=3)
+    rng = np.random.default_rng(0)
+    a.var["highly_variable"] = rng.random(80) < 0.5
+    mask = a.var["highly_variable"].to_numpy()
+    b = gpulin.embed(a, device="cpu", n_components=6, solver="gram", mask_var="highly_variable", copy=True)
+    loadings = b.varm["X_gpulin_loadings"]
+    assert np.all(loadings[~mask] == 0) and b.uns["X_gpulin"]["params"]["n_genes_used"] == mask.sum()
+    dense = gpulin.sctop_transform(a.X, dense=True).astype(np.float64)[:, mask]
+    dense = (dense - dense.mean(0)) / np.where(dense.std(0) > 0, dense.std(0), 1.0)
+    sv = np.linalg.svd(dense, compute_uv=False)[:6]
+    np.testing.assert_allclose(b.uns["X_gpulin"]["singular_values"], sv, rtol=1e-4)
+    same = gpulin.embed(a, device="cpu", n_components=6, solver="gram", mask_var=mask, copy=True)
+    np.testing.assert_array_equal(same.obsm["X_gpulin"], b.obsm["X_gpulin"])
+    est = LinearEmbedding(n_components=6, solver="gram", mask_var="highly_variable", device="cpu").fit(a)
+    np.testing.assert_allclose(est.transform(a), b.obsm["X_gpulin"], atol=1e-3 * np.abs(b.obsm["X_gpulin"]).max())
+    with pytest.raises(KeyError, match="not a column of adata.var"):
+        gpulin.embed(a, device="cpu", mask_var="hvg", copy=True)
+    with pytest.raises(TypeError, match="must be boolean"):
+        gpulin.embed(a, device="cpu", mask_var=np.arange(80), copy=True)
+    with pytest.raises(ValueError, match=r"shape \(79,\)"):
+        gpulin.embed(a, device="cpu", mask_var=mask[:79], copy=True)
+    with pytest.raises(ValueError, match="selects no gene"):
+        gpulin.embed(a, device="cpu", mask_var=np.zeros(80, bool), copy=True)
+    with pytest.raises(ValueError, match=r"min\(300, 3\)"):
+        gpulin.embed(a, device="cpu", n_components=6, mask_var=np.arange(80) < 3, copy=True)
