@@ -13,8 +13,9 @@ genes) form a Poisson process of rate ``lam_g`` on the genes, drawn by thinning:
 of them, each on gene ``g`` with probability ``q_g``, by Walker's alias method) and each is kept
 with probability ``lam_g / mu_g = log(1 + x_g) / x_g``. The work per cell is proportional to its
 library size (about 1,900 candidates at the atlas defaults) instead of the number of genes. Cells
-deeper than that (library size above the number of genes) take the direct route instead: one
-``Poisson(lam_g)`` cluster count per gene.
+whose library size exceeds the number of genes take the direct route instead (:func:`direct`):
+one ``Poisson(lam_g)`` cluster count per gene. Exact up to the float32 rounding of the rates and
+of the alias thresholds.
 
 Every draw comes from the NumPy ``Generator`` passed in (Numba runs NumPy's own PCG64 stream and
 distributions), in a fixed order, so a block's counts depend only on its generator's seed; the
@@ -211,7 +212,7 @@ def sample_block(
         k = combo[c]
         L = lib[c]
         m = 0
-        if L > n_genes:  # deep cell (:func:`direct`): one Poisson cluster count per gene, in order
+        if L > n_genes:  # deep cell (the rule of :func:`direct`): one Poisson cluster count per gene
             s = 0
             for g in range(n_genes):
                 x = L * tab[k, g, 2]
