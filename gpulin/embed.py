@@ -192,7 +192,12 @@ class LinearEmbedding:
         timer = _Timer(backend)
         n, G = X.shape
         mask = gene_mask(adata, self.mask_var, G)
-        k = check_n_components(self.n_components, n, int(mask.sum()))
+        try:
+            k = check_n_components(self.n_components, n, int(mask.sum()))
+        except ValueError as exc:
+            if mask.all():
+                raise
+            raise ValueError(f"{exc} (n_genes counts the {int(mask.sum())} genes of mask_var)") from None
         try:
             S = self._transform_counts(X, backend)
             timer.lap("transform")
