@@ -14,6 +14,7 @@ def _demo(args: argparse.Namespace) -> int:
     import gpulin
     from gpulin.datasets import synthetic_atlas
 
+    gpulin.get_backend(args.device)  # fail fast (no usable GPU, say) before generating the atlas
     t0 = time.perf_counter()
     adata = synthetic_atlas(n_cells=args.n_cells, n_genes=args.n_genes, seed=args.seed)
     t_gen = time.perf_counter() - t0

@@ -54,3 +54,15 @@ def test_evaluate_reports_bad_input_without_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("gpulin evaluate: error:") and "no_such_column" in err
     assert main(["evaluate", str(tmp_path / "missing.h5ad"), "--label", "cell_type", "--device", "cpu"]) == 2
+
+
+def test_demo_on_cuda_without_a_gpu_fails_fast(capsys):
+    """No usable GPU: exit code 2 with the reason, before any atlas is generated."""
+    from gpulin import cuda_available
+
+    if cuda_available():
+        pytest.skip("a GPU is usable here")
+    assert main(["demo", "--device", "cuda", "--n-cells", "100000", "--plot", ""]) == 2
+    captured = capsys.readouterr()
+    assert "synthetic atlas" not in captured.out
+    assert captured.err.startswith("gpulin demo: error: device='cuda' was requested but")
