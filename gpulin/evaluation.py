@@ -388,6 +388,7 @@ def add_cli(sub: Any) -> None:
 def _cli(args: argparse.Namespace) -> int:
     import anndata as ad
 
+    resolve_backend(args.device, None)  # fail fast (no usable GPU, say) before reading the data
     adata = ad.read_h5ad(args.data)
     query = ad.read_h5ad(args.query) if args.query else None
     table = evaluate(adata, args.label, args.protocol, query=query, orthologs=args.orthologs,
