@@ -44,16 +44,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
+from _memory import rss_bytes  # noqa: E402
 from _provenance import git_commit  # noqa: E402
 
 
 def _rss_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _rss_now_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _csr_bytes(X) -> int:
@@ -74,7 +70,7 @@ def job_gpulin(path: str, method: str, n_components: int, repeats: int, device: 
     for i in range(repeats + 1):
         a = adata.copy() if i < repeats else adata
         tracemalloc.start() if i == repeats else None
-        rss0 = _rss_now_bytes()
+        rss0 = rss_bytes()
         t0 = time.perf_counter()
         gpulin.embed(a, device=device, method=method, n_components=n_components, scale=scale, n_iter=n_iter)
         elapsed = time.perf_counter() - t0
@@ -108,7 +104,7 @@ def job_reference(path: str, n_components: int) -> dict:
     adata = ad.read_h5ad(path)
     # Warm numba's JIT on a tiny input so compilation is not timed.
     sctop.process(np.ones((50, 3), dtype=np.float32))
-    rss0 = _rss_now_bytes()
+    rss0 = rss_bytes()
     t0 = time.perf_counter()
     z = sctop.process(adata.X.T).to_numpy().T  # genes x cells in, cells x genes out (dense)
     t1 = time.perf_counter()
@@ -132,7 +128,7 @@ def job_scanpy(path: str, n_components: int) -> dict:
     import scanpy as sc
 
     adata = ad.read_h5ad(path)
-    rss0 = _rss_now_bytes()
+    rss0 = rss_bytes()
     t0 = time.perf_counter()
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)

@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from _memory import PeakMemory  # noqa: E402
+from embed_cpu import _csr_bytes  # noqa: E402
 from _provenance import git_commit  # noqa: E402
 
 
@@ -88,7 +89,7 @@ def main() -> None:
     for n in tqdm(sizes, desc="cells"):
         adata = synthetic_atlas(n_cells=n, n_genes=args.n_genes, seed=0)
         nnz = int(adata.X.nnz)
-        csr_bytes = int(adata.X.data.nbytes + adata.X.indices.nbytes + adata.X.indptr.nbytes)
+        csr_bytes = _csr_bytes(adata.X)
         if backend.is_gpu and nnz < 2**31:  # CuPy <= 14.2 narrows a larger indptr to int32
             import cupyx.scipy.sparse as cusp
 

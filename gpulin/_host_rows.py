@@ -80,23 +80,10 @@ def matmul_into(out: np.ndarray, A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return out
 
 
-def gram(Y: np.ndarray, right: np.ndarray | None, block_rows: int, float32_products: bool) -> np.ndarray:
-    """``Y.T @ Y`` (or ``Y.T @ right``) in float64, each thread over its rows in blocks of ``block_rows``."""
-
-    def part(a: int, b: int) -> np.ndarray:
-        acc = np.zeros((Y.shape[1], Y.shape[1] if right is None else right.shape[1]), dtype=np.float64)
-        for s in range(a, b, block_rows):
-            e = min(s + block_rows, b)
-            Yb = Y[s:e]
-            Rb = Yb if right is None else right[s:e]
-            if float32_products:
-                acc += Yb.T @ Rb
-            else:
-                Yb = Yb.astype(np.float64)
-                acc += Yb.T @ (Yb if right is None else Rb.astype(np.float64))
-        return acc
-
-    parts = map_rows(part, Y.shape[0])
+def sum_rows(fn: Callable[[int, int], Any], n_rows: int) -> Any:
+    """``sum(fn(start, stop) for each row range)`` (partial results added in range order), the
+    ranges run as in :func:`map_rows`: e.g. a Gram matrix from the row blocks of each range."""
+    parts = map_rows(fn, n_rows)
     total = parts[0]
     for p in parts[1:]:
         total += p

@@ -85,17 +85,22 @@ def alias_tables(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return prob, alias
 
 
-def direct(lib: np.ndarray, n_genes: int) -> np.ndarray:
-    """Cells sampled gene by gene (one Poisson cluster count per gene) rather than by thinning:
-    those whose library size exceeds the number of genes, where the ~``lib`` candidates would cost
-    more than a pass over the genes."""
+@njit(cache=True, nogil=True, inline="always")
+def direct(lib: float, n_genes: int) -> bool:
+    """Whether a cell is sampled gene by gene (one Poisson cluster count per gene) rather than by
+    thinning: when its library size exceeds the number of genes, where the ~``lib`` candidates
+    would cost more than a pass over the genes."""
     return lib > n_genes
 
 
+@njit(cache=True, nogil=True)
 def capacity(lib: np.ndarray, n_cand: np.ndarray, n_genes: int) -> int:
     """Non-zeros a block can produce at most: ``min(candidates, genes)`` per thinned cell (each
     non-zero needs a kept candidate), ``genes`` per directly sampled one."""
-    return int(np.where(direct(lib, n_genes), n_genes, np.minimum(n_cand, n_genes)).sum())
+    total = 0
+    for c in range(lib.size):
+        total += n_genes if direct(lib[c], n_genes) else min(n_cand[c], n_genes)
+    return total
 
 
 def scratch_arrays(candidates: int, n_genes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -212,7 +217,7 @@ def sample_block(
         k = combo[c]
         L = lib[c]
         m = 0
-        if L > n_genes:  # deep cell (the rule of :func:`direct`): one Poisson cluster count per gene
+        if direct(L, n_genes):  # deep cell: one Poisson cluster count per gene, in gene order
             s = 0
             for g in range(n_genes):
                 x = L * tab[k, g, 2]

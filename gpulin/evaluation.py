@@ -30,11 +30,42 @@ import numpy as np
 import pandas as pd
 
 from .classifier import CellTypeClassifier, ScTOPProjection, labels_of
-from ._backend import resolve_backend
+from ._backend import get_backend, resolve_backend
 from .embed import _matrix_and_genes
 from .transforms import transform_implicit
 
 PROTOCOLS = ("split5", "kfold", "group", "transfer", "novel")
+
+
+def confusion_table(y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
+    """Confusion counts, rows = true label, columns = predicted label (union of both label sets, sorted)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    labels, codes = np.unique(np.concatenate([y_true, y_pred]), return_inverse=True)
+    L = len(labels)
+    counts = np.bincount(codes[: len(y_true)] * L + codes[len(y_true) :], minlength=L * L).reshape(L, L)
+    return pd.DataFrame(counts, index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
+
+
+def per_class_report(y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
+    """Precision, recall, F1 and support per label (union of true and predicted labels), as
+    scikit-learn's ``precision_recall_fscore_support(zero_division=0)`` computes them (tested).
+
+    Returns
+    -------
+    DataFrame indexed by label with columns ``precision``, ``recall``, ``f1``, ``support`` (number of
+    true cells) and ``n_predicted``.
+    """
+    C = confusion_table(y_true, y_pred)
+    counts = C.to_numpy()
+    L = len(C)
+    tp = np.diag(counts).astype(np.float64)
+    support, predicted = counts.sum(axis=1), counts.sum(axis=0)
+    precision = np.divide(tp, predicted, out=np.zeros(L), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(L), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(L), where=denom > 0)
+    return pd.DataFrame({"precision": precision, "recall": recall, "f1": f1, "support": support,
+                         "n_predicted": predicted}, index=pd.Index(C.index.to_numpy(), name="label"))
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, classes: np.ndarray) -> dict[str, float]:
@@ -44,28 +75,22 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, proba: np.nda
     in the published protocol): predicting a type absent from the query adds a zero-F1 class.
     The values equal scikit-learn's (``f1_score(average="macro", zero_division=0)``,
     ``balanced_accuracy_score``, ``roc_auc_score`` per class present, tied scores averaged; tested),
-    computed from one confusion matrix and one ranking per class without scikit-learn's input
-    checks, which cost more than the metrics themselves on a split of a few hundred cells.
+    computed from one confusion matrix (:func:`per_class_report`) and one ranking per class without
+    scikit-learn's input checks, which cost more than the metrics themselves on a split of a few
+    hundred cells.
     """
     import scipy.stats
 
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    labels, codes = np.unique(np.concatenate([y_true, y_pred]), return_inverse=True)
-    t, p = codes[: len(y_true)], codes[len(y_true) :]
-    L = len(labels)
-    C = np.bincount(t * L + p, minlength=L * L).reshape(L, L)  # rows: true, columns: predicted
-    tp = np.diag(C).astype(np.float64)
-    support, predicted = C.sum(axis=1), C.sum(axis=0)
-    precision = np.divide(tp, predicted, out=np.zeros(L), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros(L), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(L), where=denom > 0)
+    per_class = per_class_report(y_true, y_pred)
+    present = per_class["support"].to_numpy() > 0
+    recall = per_class["recall"].to_numpy()
     out = {
-        "accuracy": tp.sum() / max(len(y_true), 1),
-        "macro_f1": f1.mean(),
-        "macro_precision": precision.mean(),
+        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else np.nan,
+        "macro_f1": per_class["f1"].mean(),
+        "macro_precision": per_class["precision"].mean(),
         "macro_recall": recall.mean(),
-        "balanced_accuracy": recall[support > 0].mean() if (support > 0).any() else np.nan,
+        "balanced_accuracy": recall[present].mean() if present.any() else np.nan,
     }
     auroc = np.nan
     if proba is not None:
@@ -82,32 +107,6 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, proba: np.nda
             auroc = float(np.mean(scores)) if scores else np.nan
     out["macro_auroc"] = auroc
     return {k: float(v) for k, v in out.items()}
-
-
-def per_class_report(y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
-    """Precision, recall, F1 and support per label (union of true and predicted labels).
-
-    Returns
-    -------
-    DataFrame indexed by label with columns ``precision``, ``recall``, ``f1``, ``support`` (number of
-    true cells) and ``n_predicted``.
-    """
-    from sklearn import metrics
-
-    labels = np.union1d(np.unique(y_true), np.unique(y_pred))
-    p, r, f, support = metrics.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    n_pred = np.array([(y_pred == lab).sum() for lab in labels])
-    return pd.DataFrame({"precision": p, "recall": r, "f1": f, "support": support, "n_predicted": n_pred},
-                        index=pd.Index(labels, name="label"))
-
-
-def confusion_table(y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
-    """Confusion counts, rows = true label, columns = predicted label (union of both label sets)."""
-    from sklearn.metrics import confusion_matrix
-
-    labels = np.union1d(np.unique(y_true), np.unique(y_pred))
-    return pd.DataFrame(confusion_matrix(y_true, y_pred, labels=labels),
-                        index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
 
 
 def plot_confusion(confusion: pd.DataFrame, path: str | Path, title: str = "") -> Path:
@@ -388,7 +387,7 @@ def add_cli(sub: Any) -> None:
 def _cli(args: argparse.Namespace) -> int:
     import anndata as ad
 
-    resolve_backend(args.device, None)  # fail fast (no usable GPU, say) before reading the data
+    get_backend(args.device)  # fail fast (no usable GPU, say) before reading the data
     adata = ad.read_h5ad(args.data)
     query = ad.read_h5ad(args.query) if args.query else None
     table = evaluate(adata, args.label, args.protocol, query=query, orthologs=args.orthologs,

@@ -70,18 +70,22 @@ def _gram64(Y: Any, xp: Any, right: Any | None = None, *, float32_products: bool
     copies (Krylov Gram matrices, and CholeskyQR of well-conditioned float32 blocks).
     """
     block_rows = (8192 if xp is np else 1 << 16) if float32_products else 1 << 16
+
+    def rows(a: int, b: int) -> Any:  # sum over the row blocks of [a, b), float64 on Y's device
+        acc = xp.zeros((Y.shape[1], Y.shape[1] if right is None else right.shape[1]), dtype=xp.float64)
+        for s in range(a, b, block_rows):
+            Yb = Y[s : min(s + block_rows, b)]
+            Rb = Yb if right is None else right[s : min(s + block_rows, b)]
+            if float32_products:
+                acc += (Yb.T @ Rb).astype(xp.float64)
+            else:
+                Yb = Yb.astype(xp.float64)
+                acc += Yb.T @ (Yb if right is None else Rb.astype(xp.float64))
+        return acc
+
     if xp is np:  # row ranges in threads, one BLAS thread each (gpulin._host_rows)
-        return _host_rows.gram(Y, right, block_rows, float32_products)
-    R = Y if right is None else right
-    acc = xp.zeros((Y.shape[1], R.shape[1]), dtype=xp.float64)
-    for s in range(0, Y.shape[0], block_rows):
-        Yb, Rb = Y[s : s + block_rows], R[s : s + block_rows]
-        if float32_products:
-            acc += (Yb.T @ Rb).astype(xp.float64)
-        else:
-            Yb = Yb.astype(xp.float64)
-            acc += Yb.T @ (Yb if right is None else Rb.astype(xp.float64))
-    return np.asarray(to_host(acc))
+        return _host_rows.sum_rows(rows, Y.shape[0])
+    return np.asarray(to_host(rows(0, Y.shape[0])))
 
 
 def _gram32(Y: Any, xp: Any, right: Any | None = None) -> np.ndarray:
@@ -101,24 +105,38 @@ def _times_small(Y: Any, B: np.ndarray, xp: Any) -> Any:
 SMALL_QR_SIZE = 1 << 20
 
 
+def _upper_inverse(R: np.ndarray) -> np.ndarray:
+    """``R^-1`` of an upper triangular host matrix."""
+    return scipy.linalg.solve_triangular(R, np.eye(R.shape[0]), lower=False)
+
+
+def _well_conditioned(R: Any, rtol: float) -> bool:
+    d = np.abs(np.diag(np.asarray(to_host(R))))
+    return bool(d.size and d.min() > rtol * d.max())
+
+
+def _cholesky_factor(Y: Any, xp: Any, rtol: float, gram: Any = _gram64) -> np.ndarray | None:
+    """Upper ``R`` (float64, host) with ``Y.T Y = R.T R`` from ``gram(Y, xp)``, or None when ``Y``
+    is too ill-conditioned for it (Cholesky fails, or the diagonal spans more than ``1 / rtol``)."""
+    try:
+        R = np.linalg.cholesky(gram(Y, xp)).T
+    except np.linalg.LinAlgError:
+        return None
+    return R if _well_conditioned(R, rtol) else None
+
+
 def _cholesky_qr(
     Y: Any, xp: Any, passes: int, rtol: float = 1e-6, gram: Any = _gram64
 ) -> tuple[Any, np.ndarray] | None:
     """``passes`` rounds of CholeskyQR: ``(Q, R)`` with ``Y = Q R`` (Q in ``Y``'s dtype on its
-    device, R float64 on the host), or None when ``Y`` is too ill-conditioned for it (Cholesky
-    fails, or the diagonal of a round's R spans more than ``1 / rtol``). ``gram(Q, xp)`` forms
-    the Gram matrices (float64 on the host)."""
+    device, R float64 on the host), or None when ``Y`` is too ill-conditioned for it
+    (:func:`_cholesky_factor`). ``gram(Q, xp)`` forms the Gram matrices (float64 on the host)."""
     Q, R = Y, None
     for _ in range(passes):
-        try:
-            Rk = np.linalg.cholesky(gram(Q, xp)).T
-        except np.linalg.LinAlgError:
+        Rk = _cholesky_factor(Q, xp, rtol, gram)
+        if Rk is None:
             return None
-        d = np.abs(np.diag(Rk))
-        if not d.min() > rtol * d.max():
-            return None
-        Rinv = scipy.linalg.solve_triangular(Rk, np.eye(Rk.shape[0]), lower=False)
-        Q = _times_small(Q, Rinv.astype(Q.dtype), xp)
+        Q = _times_small(Q, _upper_inverse(Rk).astype(Q.dtype), xp)
         R = Rk if R is None else Rk @ R
     return Q, R
 
@@ -166,8 +184,7 @@ def _orthonormalize_product(op: Any, Z: Any, xp: Any, passes: int) -> tuple[Any,
     Q = Q.astype(xp.float32, copy=False)
     if not _well_conditioned(R, rtol=1e-6):
         return Q, op.rmatmat(Q)
-    Rinv = scipy.linalg.solve_triangular(R, np.eye(R.shape[0]), lower=False)
-    return Q, AtY @ xp.asarray(Rinv)
+    return Q, AtY @ xp.asarray(_upper_inverse(R))
 
 
 def _products_context(op: Any) -> Any:
@@ -360,11 +377,6 @@ def _sketch_gram_is_cheaper(op: Any, side: int, l: int, n_iter: int) -> bool:
     return n * G * side <= DENSE_FLOP_ADVANTAGE * passes
 
 
-def _well_conditioned(R: Any, rtol: float = 1e-7) -> bool:
-    d = np.abs(np.diag(np.asarray(to_host(R))))
-    return bool(d.size and d.min() > rtol * d.max())
-
-
 def _small_dense_context(xp: Any) -> Any:
     """One BLAS thread on the host for rounds of small dense factorizations (a few thousand rows):
     on the 2-core Xeon a 1,267 x 230 QR took 14 ms on one thread and 24 ms on two, and a
@@ -423,13 +435,10 @@ def _rounds_on_sketch_gram(op: Any, omega: np.ndarray, transpose: bool, n_iter: 
         del T
     else:
         Y = op.rmatmat(Q32) if transpose else op.matmat(Q32)
-    try:
-        R = np.linalg.cholesky(_gram64(Y, xp)).T
-    except np.linalg.LinAlgError:
-        R = None
-    if R is None or not _well_conditioned(R, rtol=ONE_PASS_CHOLESKY_RTOL):
+    R = _cholesky_factor(Y, xp, ONE_PASS_CHOLESKY_RTOL)
+    if R is None:
         return orthonormalize(Y, xp), None, None
-    Rinv = scipy.linalg.solve_triangular(R, np.eye(R.shape[0]), lower=False)
+    Rinv = _upper_inverse(R)
     HQs = np.asarray(to_host(_times_small(H, Qs, xp)))
     return Y, Rinv, xp.asarray(HQs @ Rinv)
 
@@ -618,6 +627,14 @@ def _block_krylov(op: Any, l: int, n_iter: int, seed: int) -> tuple[Any, Any, np
     def cols(j: int) -> slice:
         return slice(j * l, (j + 1) * l)
 
+    def gram_column(out: np.ndarray, X: Any, j: int) -> None:
+        """Column block j of the Gram matrix of the side-by-side blocks ``X[0], X[1], ...``
+        (``X_i^T X_j`` for i <= j) and its mirror row block."""
+        for i in range(j + 1):
+            G = _gram32(X[i], xp, right=None if i == j else X[j])
+            out[cols(i), cols(j)] = G
+            out[cols(j), cols(i)] = G.T
+
     with _products_context(op):
         # Drawn in float32 directly (4x faster than float64 then a cast: 0.19 -> 0.05 s for 20k x 264),
         # orthonormalized with a float32 Gram matrix: a Gaussian block is well conditioned (and the
@@ -630,10 +647,7 @@ def _block_krylov(op: Any, l: int, n_iter: int, seed: int) -> tuple[Any, Any, np
                 _, B = op.matmat_rmatmat(K[j], out=Y[j])  # B = A^T A Z_j
             # Column block j of H = Y^T Y. Its upper part, Y_i^T Y_j = K_i^T A^T A Z_j (i <= j), is
             # also the block Gram-Schmidt coefficient of B against K_i.
-            for i in range(j + 1):
-                Hij = _gram32(Y[i], xp, right=Y[j])
-                H[cols(i), cols(j)] = Hij
-                H[cols(j), cols(i)] = Hij.T
+            gram_column(H, Y, j)
             if j == q:
                 break
             B = B.astype(xp.float32, copy=False)
@@ -646,8 +660,5 @@ def _block_krylov(op: Any, l: int, n_iter: int, seed: int) -> tuple[Any, Any, np
     # Outside the products context: these GEMMs may use every BLAS thread.
     M = np.empty((m, m), dtype=np.float64)
     for j in range(q + 1):
-        for i in range(j + 1):
-            Mij = _gram32(K[i], xp, right=None if i == j else K[j])
-            M[cols(i), cols(j)] = Mij
-            M[cols(j), cols(i)] = Mij.T
+        gram_column(M, K, j)
     return K, Y, H, M

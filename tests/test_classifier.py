@@ -292,3 +292,13 @@ def test_classification_metrics_equal_scikit_learn(seed):
     }
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+    from gpulin.evaluation import confusion_table, per_class_report
+
+    labels = np.union1d(y_true, y_pred)
+    report = per_class_report(y_true, y_pred)
+    p, r, f, support = metrics.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    assert report.index.tolist() == labels.tolist()
+    np.testing.assert_allclose(report[["precision", "recall", "f1"]].to_numpy(), np.stack([p, r, f], axis=1), rtol=1e-12)
+    np.testing.assert_array_equal(report["support"], support)
+    np.testing.assert_array_equal(confusion_table(y_true, y_pred).to_numpy(),
+                                  metrics.confusion_matrix(y_true, y_pred, labels=labels))

@@ -16,17 +16,26 @@ def test_row_ranges_cover_rows_in_order(n):
 
 @pytest.mark.parametrize("float32_products", [False, True])
 @pytest.mark.parametrize("with_right", [False, True])
-def test_gram_matches_float64_product(float32_products, with_right):
+def test_host_gram_by_row_ranges_matches_float64_product(float32_products, with_right):
+    """pca._gram64 on the host: row ranges in threads (sum_rows), blocks within each range."""
+    from gpulin.pca import _gram64
+
     rng = np.random.default_rng(0)
-    Y = rng.standard_normal((9000, 40), dtype=np.float32)
-    R = rng.standard_normal((9000, 7), dtype=np.float32) if with_right else None
-    got = _host_rows.gram(Y, R, block_rows=1000, float32_products=float32_products)
+    Y = rng.standard_normal((20000, 40), dtype=np.float32)
+    R = rng.standard_normal((20000, 7), dtype=np.float32) if with_right else None
+    got = _gram64(Y, np, R, float32_products=float32_products)
     Y64 = Y.astype(np.float64)
     want = Y64.T @ (Y64 if R is None else R.astype(np.float64))
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3 if float32_products else 1e-9)
-    again = _host_rows.gram(Y, R, block_rows=1000, float32_products=float32_products)
+    again = _gram64(Y, np, R, float32_products=float32_products)
     np.testing.assert_array_equal(got, again)  # deterministic for a given thread count
+
+
+def test_sum_rows_adds_the_ranges_in_order():
+    got = _host_rows.sum_rows(lambda a, b: np.array([b - a, a]), 10_000)
+    ranges = _host_rows.row_ranges(10_000, 2)
+    assert got[0] == 10_000 and got[1] == sum(a for a, _ in ranges)
 
 
 def test_matmul_into_by_row_ranges():
