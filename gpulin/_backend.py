@@ -8,8 +8,11 @@ once, on first use, and is cached.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -196,9 +199,42 @@ def to_device(a: Any, backend: Backend) -> Any:
     return to_host(a)
 
 
-def out_of_memory_errors(backend: Backend) -> tuple[type[BaseException], ...]:
-    """Exception types that mean 'the device ran out of memory' on ``backend``."""
-    errors: list[type[BaseException]] = [MemoryError]
-    if backend.is_gpu:
-        errors.append(backend.xp.cuda.memory.OutOfMemoryError)
-    return tuple(errors)
+class DeviceMemoryError(MemoryError):
+    """A step ran out of memory on its device; the message names the step, its size and what to change."""
+
+
+#: Status names with which cuBLAS, cuSPARSE and cuSOLVER report a failed allocation (CuPy raises
+#: them as ``CUBLASError`` etc., not as ``OutOfMemoryError``).
+_LIBRARY_ALLOCATION_FAILURES = ("ALLOC_FAILED", "INSUFFICIENT_RESOURCES", "OUT_OF_MEMORY", "out of memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` means "out of memory": NumPy's and CuPy's ``MemoryError`` (CuPy's
+    ``OutOfMemoryError`` is one), or a CUDA library's allocation failure."""
+    if isinstance(exc, MemoryError):
+        return True
+    return type(exc).__module__.startswith("cupy") and any(s in str(exc) for s in _LIBRARY_ALLOCATION_FAILURES)
+
+
+@contextlib.contextmanager
+def memory_guard(backend: Backend, step: str, remedy: str) -> Iterator[None]:
+    """Re-raise running out of memory inside the block as a :class:`DeviceMemoryError`.
+
+    The message reads ``"Out of {device} memory {step}. {remedy}"``: ``step`` says what failed and
+    how big it was (cells, nonzeros, the batch size in use), ``remedy`` what to change. Before
+    re-raising, the locals of the frames that failed are cleared and CuPy's cached blocks are
+    released, so that memory is free again while the error is handled (a retry with a smaller
+    ``batch_size`` then has it). A :class:`DeviceMemoryError` from a nested, more specific guard
+    passes through unchanged, and so does every other exception.
+    """
+    try:
+        yield
+    except DeviceMemoryError:
+        raise
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        traceback.clear_frames(exc.__traceback__)  # the failed step's temporaries
+        if backend.is_gpu:
+            backend.xp.get_default_memory_pool().free_all_blocks()
+        raise DeviceMemoryError(f"Out of {backend.name} memory {step}. {remedy}") from exc

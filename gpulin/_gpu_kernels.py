@@ -30,9 +30,9 @@ extern "C" __global__ void scatter_rows(const int* __restrict__ indptr, const in
     const int lane = threadIdx.x & 31;
     if (row >= n_rows) return;
     const long long r = row0 + row;
-    const int stop = indptr[r + 1];
+    const long long stop = indptr[r + 1];  // 64-bit: p + 32 must not overflow near 2^31
     float* dst = out + row * n_cols;
-    for (int p = indptr[r] + lane; p < stop; p += 32) atomicAdd(dst + indices[p], data[p]);  // duplicates sum, as in SciPy
+    for (long long p = indptr[r] + lane; p < stop; p += 32) atomicAdd(dst + indices[p], data[p]);  // duplicates sum, as in SciPy
 }
 """
 
@@ -54,12 +54,24 @@ extern "C" __global__ void row_sums_{name}(const {ctype}* __restrict__ values, c
     const int lane = threadIdx.x & 31;
     if (row >= n_rows) return;  // whole warps leave together
     double s = 0.0;
-    const int stop = indptr[row + 1];
-    for (int p = indptr[row] + lane; p < stop; p += 32) s += (double)values[p];
+    const long long stop = indptr[row + 1];
+    for (long long p = indptr[row] + lane; p < stop; p += 32) s += (double)values[p];
     for (int offset = 16; offset > 0; offset >>= 1) s += __shfl_down_sync(0xffffffffu, s, offset);
     if (lane == 0) out[row] = s;
 }}
 """
+
+
+def _int32_index(a: Any, largest: int) -> Any:
+    """The int32 index array the kernels take (``a`` itself when it is one); ``largest`` bounds its
+    values. More than 2^31 - 1 stored values (or columns) is an error, never a silent wrap-around:
+    gpulin's row blocks always hold fewer."""
+    if a.dtype == np.int32:
+        return a
+    if largest > np.iinfo(np.int32).max:
+        raise ValueError(f"a CSR block with index values up to {largest} does not fit the int32 kernels; "
+                         "split it into row blocks of fewer than 2^31 stored values.")
+    return a.astype(np.int32)
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,7 +102,7 @@ def csr_row_sums(values: Any, indptr: Any) -> Any:
         return out
     if values.dtype not in (cp.float32, cp.float64):
         values = values.astype(cp.float32)
-    indptr = indptr if indptr.dtype == cp.int32 else indptr.astype(cp.int32)
+    indptr = indptr if indptr.dtype == np.int32 else _int32_index(indptr, int(indptr[-1]))
     _row_sums_kernel(values.dtype.name)(*_warp_per_row(n_rows), (values, indptr, np.int64(n_rows), out))
     return out
 
@@ -129,8 +141,8 @@ def csr_rows_to_dense(blk: Any, start: int, stop: int) -> Any:
     rows = stop - start
     if rows == 0 or blk.nnz == 0:
         return out
-    indptr = blk.indptr if blk.indptr.dtype == cp.int32 else blk.indptr.astype(cp.int32)
-    indices = blk.indices if blk.indices.dtype == cp.int32 else blk.indices.astype(cp.int32)
+    indptr = _int32_index(blk.indptr, blk.nnz)
+    indices = _int32_index(blk.indices, n_cols - 1)
     data = blk.data if blk.data.dtype == cp.float32 else blk.data.astype(cp.float32)
     _scatter_rows_kernel()(*_warp_per_row(rows), (indptr, indices, data, np.int64(start), np.int64(rows),
                                                   np.int64(n_cols), out))

@@ -69,6 +69,10 @@ def _is_canonical(csr: Any) -> bool:
     return True
 
 
+#: Values per chunk of :func:`check_counts`'s generic path (its temporaries: 64M values at a time).
+CHECK_CHUNK = 1 << 26
+
+
 def check_counts(csr: Any, backend: Backend, *, name: str = "X", method: str = "sctop") -> None:
     """Check that a CSR matrix holds finite, non-negative (count-like) values.
 
@@ -92,10 +96,14 @@ def check_counts(csr: Any, backend: Backend, *, name: str = "X", method: str = "
         from .implicit import cpu_workers
 
         n_bad, n_neg, n_frac = value_counts(data, cpu_workers())
-    else:
-        n_bad = int((~xp.isfinite(data)).sum()) if floating else 0
-        n_neg = int((data < 0).sum())
-        n_frac = int((data != xp.round(data)).sum()) if floating and not (n_bad or n_neg) else 0
+    else:  # in chunks, so the temporaries stay small next to counts on a GPU
+        n_bad = n_neg = n_frac = 0
+        for s in range(0, data.size, CHECK_CHUNK):
+            part = data[s : s + CHECK_CHUNK]
+            n_neg += int((part < 0).sum())
+            if floating:
+                n_bad += int((~xp.isfinite(part)).sum())
+                n_frac += int((part != xp.round(part)).sum())
     if n_bad:
         raise ValueError(
             f"{name} contains {n_bad} non-finite value(s) (NaN or inf); {method!r} expects raw counts."

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._backend import CPU, is_gpu_array, resolve_backend, to_host
+from ._backend import CPU, is_gpu_array, memory_guard, resolve_backend, to_host
 from .embed import _matrix_and_genes, align_genes
 from .implicit import GeneScaling, SparsePlusRowConstant, StandardizedOperator
 from .models import LogisticRegression, RidgeClassifier
@@ -18,6 +18,9 @@ from .selection import f_classif, select_k_best
 from .transforms import METHODS, transform_implicit
 
 UNASSIGNED = "unassigned"
+#: What to change when a step after the transform runs out of memory (gpulin._backend.memory_guard).
+_REMEDY = ("The PCA and the model keep a few dense (n_cells, n_components) float32 arrays on the "
+           "device: pass fewer n_components, fit on fewer cells, or use device='cpu'.")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # pipeline.md section 2: Souza & Mehta (2026), including scikit-learn's randomized PCA
@@ -130,12 +133,17 @@ class CellTypeClassifier:
 
     def fit_transformed(self, S: SparsePlusRowConstant, y: Any) -> "CellTypeClassifier":
         """Fit from an already transformed training matrix ``S`` and labels ``y``."""
-        p = self.params
         self.backend_ = S.backend
         y = np.asarray(y)
         classes, codes = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"Training needs at least 2 cell types, got {len(classes)}: {classes.tolist()}.")
+        n, G = S.shape
+        with memory_guard(self.backend_, f"fitting the classifier on {n:,} cells x {G:,} genes", _REMEDY):
+            return self._fit_transformed(S, y, codes)
+
+    def _fit_transformed(self, S: SparsePlusRowConstant, y: np.ndarray, codes: np.ndarray) -> "CellTypeClassifier":
+        p = self.params
         n, G = S.shape
         if p["n_genes"] is not None and p["n_genes"] < G:
             F, _ = f_classif(S, codes)
@@ -169,6 +177,10 @@ class CellTypeClassifier:
         return self._whiten(op.matmat(xp.asarray(self.components_.T.astype(np.float32))), xp)
 
     def predict_proba_transformed(self, S: SparsePlusRowConstant) -> np.ndarray:
+        with memory_guard(S.backend, f"predicting {S.shape[0]:,} cells", _REMEDY):
+            return self._predict_proba_transformed(S)
+
+    def _predict_proba_transformed(self, S: SparsePlusRowConstant) -> np.ndarray:
         Z = self.embed_transformed(S)
         if self.params["model"] == "logistic":
             return np.asarray(self.model_.predict_proba(Z))
@@ -238,13 +250,14 @@ class ScTOPProjection:
         classes, codes = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"A basis needs at least 2 cell types, got {len(classes)}: {classes.tolist()}.")
-        lib = xp.asarray(np.asarray(to_host(csr.sum(axis=1))).ravel())
-        lib = xp.where(lib > 0, lib, 1.0)
-        inv = where.sparse.diags(1.0 / lib)
-        onehot = np.zeros((len(classes), len(y)))
-        onehot[codes, np.arange(len(y))] = 1.0 / np.bincount(codes)[codes]
-        profiles = where.sparse.csr_matrix(xp.asarray(onehot)) @ (inv @ csr.astype(xp.float64))
-        profiles = where.sparse.csr_matrix(profiles)
+        n = len(y)
+        with memory_guard(where, f"averaging the profiles of {n:,} reference cells", _REMEDY):
+            lib = np.asarray(to_host(csr.sum(axis=1)), dtype=np.float64).ravel()
+            lib = np.where(lib > 0, lib, 1.0)
+            # profiles = W @ X with W[t, i] = 1 / (lib_i n_t) for the cells i of type t (sparse)
+            weights = 1.0 / (lib * np.bincount(codes)[codes])
+            W = where.sparse.csr_matrix((xp.asarray(weights), (xp.asarray(codes), xp.arange(n))), shape=(len(classes), n))
+            profiles = where.sparse.csr_matrix(W @ csr.astype(xp.float64))
         S = transform_implicit(profiles, "sctop", device=backend, check=False)
         self.basis_ = pd.DataFrame(S.toarray().T.astype(np.float64), index=np.asarray(genes).astype(str) if genes is not None else None, columns=classes)
         self.classes_ = classes
@@ -267,7 +280,8 @@ class ScTOPProjection:
         S = transform_implicit(Xs, "sctop", device=self.backend_)
         xp = self.backend_.xp
         BtB_inv = np.linalg.inv(B.T @ B)
-        a = np.asarray(to_host(S.dot(xp.asarray(B)))) @ BtB_inv
+        with memory_guard(self.backend_, f"projecting {S.shape[0]:,} query cells", _REMEDY):
+            a = np.asarray(to_host(S.dot(xp.asarray(B)))) @ BtB_inv
         index = adata.obs_names if hasattr(adata, "obs_names") else None
         return pd.DataFrame(a, index=index, columns=self.classes_)
 

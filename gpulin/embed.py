@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from ._backend import CPU, Backend, is_gpu_array, out_of_memory_errors, resolve_backend, to_host
+from ._backend import CPU, Backend, is_gpu_array, memory_guard, resolve_backend, to_host
 from ._validation import as_csr, check_batch_size, check_n_components
 from .implicit import GeneScaling, StandardizedOperator
 from .pca import PCAResult, pca
@@ -71,12 +71,13 @@ class _Timer:
         self._t = now
 
 
-def _oom_hint(backend: Backend, batch_size: int | None, stage: str) -> MemoryError:
-    return MemoryError(
-        f"Out of {backend.name} memory during {stage} (batch_size={batch_size}). Pass a smaller "
-        "batch_size, fewer n_components, a smaller n_iter (the randomized PCA keeps "
-        "(n_iter + 1) x (n_components + n_oversamples) float32 values per cell), or device='cpu'."
-    )
+#: What to change when the PCA runs out of memory (:func:`gpulin._backend.memory_guard`).
+_REMEDY_PCA = (
+    "The randomized PCA keeps (n_iter + 1) x (n_components + n_oversamples) float32 values per cell "
+    "and per gene: pass fewer n_components or a smaller n_iter, or use device='cpu'."
+)
+#: ... and when another step after the transform does.
+_REMEDY_OTHER = "Pass a smaller batch_size (for example half of it), or use device='cpu'."
 
 
 class LinearEmbedding:
@@ -198,20 +199,17 @@ class LinearEmbedding:
             if mask.all():
                 raise
             raise ValueError(f"{exc} (n_genes counts the {int(mask.sum())} genes of mask_var)") from None
-        try:
-            S = self._transform_counts(X, backend)
-            timer.lap("transform")
+        S = self._transform_counts(X, backend)  # its own guard names the row block
+        timer.lap("transform")
+        with memory_guard(backend, f"standardizing {n:,} cells x {G:,} genes", _REMEDY_OTHER):
             scaling = GeneScaling.fit(S, scale=self.scale)
             op = StandardizedOperator(S, scaling, None if mask.all() else np.flatnonzero(mask))
-            timer.lap("standardize")
+        timer.lap("standardize")
+        with memory_guard(backend, f"in the PCA ({k} components of {n:,} cells)", _REMEDY_PCA):
             res: PCAResult = pca(
                 op, k, solver=self.solver, n_oversamples=self.n_oversamples, n_iter=self.n_iter, seed=self.seed
             )
-            timer.lap("pca")
-        except out_of_memory_errors(backend) as exc:
-            if isinstance(exc, MemoryError) and "batch_size" in str(exc):
-                raise
-            raise _oom_hint(backend, self.batch_size, "fit") from exc
+        timer.lap("pca")
         scores = self._finish_scores(res.scores, res.explained_variance, backend)
         self.backend_ = backend
         self.var_names_ = np.asarray(var_names).astype(str)
@@ -262,9 +260,10 @@ class LinearEmbedding:
         scaling = GeneScaling(
             mean=xp.asarray(self.mean_), scale=xp.asarray(self.scale_), var=xp.asarray(self.var_), n_cells=0
         )
-        op = StandardizedOperator(S, scaling)
-        scores = op.matmat(xp.asarray(self.components_.T.astype(np.float32)))
-        return to_host(self._finish_scores(scores, self.explained_variance_, backend))
+        with memory_guard(backend, f"projecting {X.shape[0]:,} query cells", _REMEDY_OTHER):
+            op = StandardizedOperator(S, scaling)
+            scores = op.matmat(xp.asarray(self.components_.T.astype(np.float32)))
+            return to_host(self._finish_scores(scores, self.explained_variance_, backend))
 
     def _align(self, X: Any, var_names: Any, backend: Backend) -> Any:
         ref = self.var_names_

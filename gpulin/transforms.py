@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse
 
-from ._backend import CPU, Backend, get_backend, is_gpu_array, out_of_memory_errors, to_host
+from ._backend import CPU, Backend, get_backend, is_gpu_array, memory_guard, to_host
 from ._validation import as_csr, check_batch_size, check_counts
 from ._gpu_kernels import csr_row_sums
 from .implicit import SparsePlusRowConstant, _row_ids, cpu_workers
@@ -21,9 +21,10 @@ from .implicit import SparsePlusRowConstant, _row_ids, cpu_workers
 Method = Literal["sctop", "lognorm"]
 METHODS = ("sctop", "lognorm")
 
-#: Bytes of temporary memory per stored value of a block during the scTOP transform (sort keys,
-#: permutation, group bookkeeping); used to size blocks.
-_SCTOP_BYTES_PER_NNZ = 64
+#: Bytes of temporary memory per stored value of a block during the scTOP transform on a GPU (row
+#: ids, keys, the int64 sort keys and permutation with the radix sort's double buffers, group
+#: bookkeeping: about 90-130 counted in ``_sctop_block``); used to size blocks.
+_SCTOP_BYTES_PER_NNZ = 128
 _CPU_BLOCK_NNZ = 1 << 22
 _INT32_MAX = 2**31 - 1
 
@@ -44,7 +45,7 @@ def plan_row_blocks(indptr: np.ndarray, n_genes: int, backend: Backend, batch_si
         CSR row pointer on the host.
     batch_size : int or None
         Cells per block. ``None``: about 4M stored values per block on CPU; on GPU as many as fit
-        in an eighth of free memory (and always fewer than 2^31 stored values).
+        in a quarter of free memory at :data:`_SCTOP_BYTES_PER_NNZ` (and always fewer than 2^31 stored values).
 
     Returns
     -------
@@ -64,7 +65,8 @@ def plan_row_blocks(indptr: np.ndarray, n_genes: int, backend: Backend, batch_si
         return bounds
     if backend.is_gpu:
         free = backend.free_memory_bytes() or (8 << 30)
-        target = int(min(free // (8 * _SCTOP_BYTES_PER_NNZ), _INT32_MAX // 2))
+        # a quarter of free memory for one block's temporaries (the output accumulates beside them)
+        target = int(min(free // (4 * _SCTOP_BYTES_PER_NNZ), _INT32_MAX // 2))
     else:
         # ~4M values per block, fewer for small inputs so the sort's temporaries stay a fraction
         # of the input's own size.
@@ -263,9 +265,17 @@ def transform_implicit(
         ztab = _cpu_kernels.ztable(G) if method == "sctop" else None
         workers = cpu_workers()
 
+    nnz_total = int(indptr_host[-1])
+    keeps = (
+        f" The transformed matrix stays on the device (about {8 * nnz_total / 2**30:.1f} GiB for "
+        f"{nnz_total:,} nonzeros): if that does not fit, use device='cpu'." if backend.is_gpu else ""
+    )
+
     def one(b: int) -> tuple[Any, int]:
         start, stop = int(bounds[b]), int(bounds[b + 1])
-        try:
+        step = (f"transforming cells {start}:{stop} ({int(indptr_host[stop] - indptr_host[start]):,} nonzeros, "
+                f"batch_size={batch_size if batch_size is not None else f'None, i.e. {stop - start} cells here'})")
+        with memory_guard(backend, step, "Pass a smaller batch_size (for example half of it)." + keeps):
             blk = _block_view(csr, indptr_host, start, stop, backend)
             if use_kernels and method == "sctop":
                 # CPU twin of _sctop_block (tests/test_cpu_kernels.py): a sort per cell, in threads.
@@ -277,15 +287,8 @@ def transform_implicit(
                 vals, c, ne = _sctop_block(blk, G, backend)
             else:
                 vals, c, ne = _lognorm_block(blk, float(target_sum), backend)
-        except out_of_memory_errors(backend) as exc:
-            raise MemoryError(
-                f"Out of {backend.name} memory transforming cells {start}:{stop} "
-                f"({int(indptr_host[stop] - indptr_host[start])} nonzeros) with batch_size="
-                f"{batch_size if batch_size is not None else stop - start}. Pass a smaller batch_size "
-                "(for example half of it)."
-            ) from exc
-        c_all[start:stop] = c
-        return _with_values(blk, vals, backend), ne
+            c_all[start:stop] = c
+            return _with_values(blk, vals, backend), ne
 
     done = [one(b) for b in range(len(bounds) - 1)]
     blocks = [blk for blk, _ in done]

@@ -38,6 +38,17 @@ def test_cpu_twin_is_the_row_slice(start, stop):
     np.testing.assert_array_equal(out, X.toarray()[start:stop])
 
 
+def test_index_arrays_reach_the_kernels_as_int32_or_not_at_all():
+    from gpulin._gpu_kernels import _int32_index
+
+    a32 = np.arange(5, dtype=np.int32)
+    assert _int32_index(a32, 4) is a32
+    a64 = np.arange(5, dtype=np.int64)
+    assert _int32_index(a64, 4).dtype == np.int32
+    with pytest.raises(ValueError, match="2\\^31"):
+        _int32_index(a64, 2**31)  # would wrap around: an error, never a silent truncation
+
+
 def test_row_range_is_checked():
     with pytest.raises(ValueError, match="outside"):
         csr_rows_to_dense(awkward_csr(), 10, 51)
