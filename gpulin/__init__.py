@@ -17,7 +17,7 @@ evaluate
 
 from __future__ import annotations
 
-from ._backend import GPUUnavailableError, cuda_available, get_backend
+from ._backend import DeviceMemoryError, GPUUnavailableError, cuda_available, get_backend
 from .classifier import CellTypeClassifier, ScTOPProjection
 from .embed import LinearEmbedding, embed
 from .evaluation import evaluate
@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CellTypeClassifier",
     "ScTOPProjection",
+    "DeviceMemoryError",
     "EmptyCellsWarning",
     "GPUUnavailableError",
     "LinearEmbedding",

@@ -220,7 +220,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def memory_guard(backend: Backend, step: str, remedy: str) -> Iterator[None]:
     """Re-raise running out of memory inside the block as a :class:`DeviceMemoryError`.
 
-    The message reads ``"Out of {device} memory {step}. {remedy}"``: ``step`` says what failed and
+    The message reads ``"Out of {device} memory {step}. {remedy}"`` (``host`` for a host allocation
+    that fails during a GPU run): ``step`` says what failed and
     how big it was (cells, nonzeros, the batch size in use), ``remedy`` what to change. Before
     re-raising, the locals of the frames that failed are cleared and CuPy's cached blocks are
     released, so that memory is free again while the error is handled (a retry with a smaller
@@ -237,4 +238,6 @@ def memory_guard(backend: Backend, step: str, remedy: str) -> Iterator[None]:
         traceback.clear_frames(exc.__traceback__)  # the failed step's temporaries
         if backend.is_gpu:
             backend.xp.get_default_memory_pool().free_all_blocks()
-        raise DeviceMemoryError(f"Out of {backend.name} memory {step}. {remedy}") from exc
+        # a host allocation failing during a GPU run is the host's memory, not the GPU's
+        where = backend.name if not backend.is_gpu or type(exc).__module__.startswith("cupy") else "host"
+        raise DeviceMemoryError(f"Out of {where} memory {step}. {remedy}") from exc

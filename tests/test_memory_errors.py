@@ -110,3 +110,22 @@ def test_the_failed_steps_temporaries_are_released():
         assert exc.__cause__.__traceback__ is not None
     else:
         pytest.fail("no DeviceMemoryError")
+
+
+def test_on_a_gpu_the_pool_is_released_and_host_failures_say_host():
+    import types
+
+    from gpulin._backend import Backend
+
+    released = []
+    pool = types.SimpleNamespace(free_all_blocks=lambda: released.append(True))
+    fake_cupy = types.SimpleNamespace(get_default_memory_pool=lambda: pool)
+    cuda = Backend("cuda", fake_cupy, None, None)
+    OutOfMemoryError = type("OutOfMemoryError", (MemoryError,), {"__module__": "cupy.cuda.memory"})
+    with pytest.raises(DeviceMemoryError, match="^Out of cuda memory in a step"):
+        with memory_guard(cuda, "in a step", "x"):
+            raise OutOfMemoryError("Out of memory allocating 1,024 bytes")
+    with pytest.raises(DeviceMemoryError, match="^Out of host memory in a step"):
+        with memory_guard(cuda, "in a step", "x"):
+            raise MemoryError("Unable to allocate 8.0 GiB")  # NumPy, during a GPU run
+    assert released == [True, True]
