@@ -143,3 +143,26 @@ def check_batch_size(batch_size: int | None) -> int | None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}.")
     return int(batch_size)
+
+
+def check_int(name: str, value: Any, minimum: int, *, allow_none: bool = False) -> None:
+    """A clear error unless ``value`` is an int >= ``minimum`` (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        expected = f"an int >= {minimum}" + (" or None" if allow_none else "")
+        raise ValueError(f"{name} must be {expected}, got {value!r}.")
+
+
+def check_number(name: str, value: Any, low: float, high: float = np.inf, *, low_open: bool = False,
+                 allow_none: bool = False) -> None:
+    """A clear error unless ``value`` is a real number in ``[low, high]`` (``(low, high]`` when
+    ``low_open``), or None when allowed."""
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = ok and np.isfinite(value) if high == np.inf else ok
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high == np.inf else ']'}"
+        raise ValueError(f"{name} must be a number in {interval}" + (" or None" if allow_none else "") + f", got {value!r}.")

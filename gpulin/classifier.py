@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ._backend import CPU, is_gpu_array, memory_guard, resolve_backend, to_host
-from .embed import _matrix_and_genes, align_genes
+from ._validation import check_batch_size, check_int, check_number
+from .embed import _matrix_and_genes, align_genes, align_query, check_overlap, check_unique_genes
 from .implicit import GeneScaling, SparsePlusRowConstant, StandardizedOperator
 from .models import LogisticRegression, RidgeClassifier
 from .pca import pca
@@ -46,18 +48,48 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def labels_of(adata: Any, label_key: str) -> np.ndarray:
-    """``adata.obs[label_key]`` as an array, with clear errors for a missing key or labels."""
-    if label_key not in adata.obs:
-        raise KeyError(f"Label column {label_key!r} not in adata.obs; columns: {list(adata.obs.columns)}.")
-    y = adata.obs[label_key]
+def _assign(classes: np.ndarray, scores: np.ndarray, threshold: float | None) -> np.ndarray:
+    """The top-scoring class of each row, in the labels' own type; with a ``threshold``, an object
+    array where rows whose top score is below it are :data:`UNASSIGNED`."""
+    labels = classes[scores.argmax(axis=1)]
+    if threshold is not None:
+        labels = labels.astype(object)
+        labels[scores.max(axis=1) < threshold] = UNASSIGNED
+    return labels
+
+
+def labels_of(adata: Any, labels: Any) -> np.ndarray:
+    """Cell labels as an array: ``adata.obs[labels]`` for a column name, else ``labels`` itself
+    (array-like, one per cell), with clear errors for a missing column, a wrong length or missing
+    labels. String-like labels become ``str``; integer, float and bool labels keep their type, so
+    predictions compare equal to them."""
+    n = adata.shape[0]
+    if isinstance(labels, str):
+        obs = getattr(adata, "obs", None)
+        if obs is None:
+            raise TypeError(f"labels={labels!r} names an obs column, which needs an AnnData; pass the labels themselves.")
+        if labels not in obs:
+            raise KeyError(f"Label column {labels!r} not in adata.obs; columns: {list(obs.columns)}.")
+        y, where = obs[labels], f"adata.obs[{labels!r}]"
+    else:
+        y = labels if isinstance(labels, pd.Series) else pd.Series(np.asarray(to_host(labels)).ravel())
+        where = "the labels"
+        if len(y) != n:
+            raise ValueError(f"Got {len(y)} labels for {n} cells.")
     if y.isna().any():
-        raise ValueError(f"{int(y.isna().sum())} cells have no label in adata.obs[{label_key!r}].")
+        raise ValueError(f"{int(y.isna().sum())} cells have no label in {where}.")
+    values = y.to_numpy()  # a categorical gives its categories' type
+    if values.dtype.kind in "biuf":
+        return values
     return np.asarray(y.astype(str))
 
 
-class CellTypeClassifier:
+class CellTypeClassifier(ClassifierMixin, BaseEstimator):
     """Linear cell-type classifier over an implicit (never densified) transformed matrix.
+
+    A scikit-learn estimator: ``get_params`` / ``set_params`` / ``clone`` see the preset, the
+    device and the overrides; ``fit(X, y)`` and ``score(X, y)`` take labels or an obs column name,
+    so it also runs in ``cross_val_score`` or ``GridSearchCV`` on count matrices.
 
     Parameters
     ----------
@@ -97,18 +129,43 @@ class CellTypeClassifier:
             raise ValueError(f"Unknown method {params['method']!r}; expected one of {METHODS}.")
         if params["model"] not in ("logistic", "ridge"):
             raise ValueError(f"Unknown model {params['model']!r}; expected 'logistic' or 'ridge'.")
+        check_int("n_components", params["n_components"], 1)
+        check_int("n_genes", params["n_genes"], 1, allow_none=True)
+        check_number("C", params["C"], 0.0, low_open=True)
+        check_number("alpha", params["alpha"], 0.0)
+        check_int("max_iter", params["max_iter"], 1)
+        check_number("tol", params["tol"], 0.0, low_open=True)
+        check_number("unassigned_threshold", params["unassigned_threshold"], 0.0, 1.0, allow_none=True)
+        check_number("min_gene_overlap", params["min_gene_overlap"], 0.0, 1.0)
+        check_int("seed", params["seed"], 0)
+        check_batch_size(params["batch_size"])
         self.preset = preset
         self.device = device
         self.params = params
+        self._overrides = dict(overrides)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's arguments: ``preset``, ``device`` and the overrides given."""
+        return {"preset": self.preset, "device": self.device, **self._overrides}
+
+    def set_params(self, **params: Any) -> "CellTypeClassifier":
+        """Change constructor arguments (checked as the constructor checks them)."""
+        merged = {**self.get_params(), **params}
+        preset, device = merged.pop("preset"), merged.pop("device")
+        CellTypeClassifier.__init__(self, preset, device=device, **merged)
+        return self
 
     # -- public API ------------------------------------------------------------------------------
-    def fit(self, adata: Any, label_key: str, *, layer: str | None = None) -> "CellTypeClassifier":
-        """Fit on the cells of ``adata`` labelled by ``adata.obs[label_key]``."""
-        y = labels_of(adata, label_key)
+    def fit(self, adata: Any, labels: Any, *, layer: str | None = None) -> "CellTypeClassifier":
+        """Fit on the cells of ``adata`` (AnnData, or a cells x genes count matrix).
+
+        ``labels``: the name of an ``adata.obs`` column, or the labels (array-like, one per cell).
+        """
+        y = labels_of(adata, labels)
         X, genes = _matrix_and_genes(adata, layer)
         self.backend_ = resolve_backend(self.device, X)
         S = self._transform(X)
-        self.var_names_ = np.asarray(genes).astype(str)
+        self.var_names_ = None if genes is None else np.asarray(genes).astype(str)
         return self.fit_transformed(S, y)
 
     def predict_proba(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
@@ -123,9 +180,9 @@ class CellTypeClassifier:
         """1 - top class probability: higher for cells unlike any training type."""
         return 1.0 - self.predict_proba(adata, layer=layer).max(axis=1)
 
-    def score(self, adata: Any, label_key: str, *, layer: str | None = None) -> float:
-        """Accuracy on ``adata`` against ``adata.obs[label_key]``."""
-        return float(np.mean(self.predict(adata, layer=layer) == labels_of(adata, label_key)))
+    def score(self, adata: Any, labels: Any, *, layer: str | None = None) -> float:
+        """Accuracy on ``adata`` against ``labels`` (an obs column name, or the labels)."""
+        return float(np.mean(self.predict(adata, layer=layer) == labels_of(adata, labels)))
 
     # -- implicit-level API (used by gpulin.evaluate to transform once per dataset) ------------------
     def _transform(self, X: Any) -> SparsePlusRowConstant:
@@ -202,11 +259,7 @@ class CellTypeClassifier:
 
     def _labels(self, proba: np.ndarray, threshold: float | None) -> np.ndarray:
         threshold = self.params["unassigned_threshold"] if threshold is None else threshold
-        labels = np.asarray(self.classes_, dtype=object)[proba.argmax(axis=1)]
-        if threshold is not None:
-            labels = labels.copy()
-            labels[proba.max(axis=1) < threshold] = UNASSIGNED
-        return labels
+        return _assign(np.asarray(self.classes_), proba, threshold)
 
     def _query(self, adata: Any, layer: str | None) -> SparsePlusRowConstant:
         if not hasattr(self, "model_"):
@@ -214,29 +267,42 @@ class CellTypeClassifier:
 
             raise NotFittedError("This CellTypeClassifier is not fitted yet; call fit() first.")
         X, genes = _matrix_and_genes(adata, layer)
-        if genes is not None and not (len(genes) == len(self.var_names_) and np.array_equal(np.asarray(genes).astype(str), self.var_names_)):
-            X = align_genes(X, np.asarray(genes).astype(str), self.var_names_, self.backend_, min_overlap=self.params["min_gene_overlap"])
-        elif genes is None and X.shape[1] != self.n_genes_in_:
-            raise ValueError(f"The query has {X.shape[1]} genes but the model was trained on {self.n_genes_in_}.")
+        X = align_query(X, genes, self.var_names_, self.n_genes_in_, self.backend_, self.params["min_gene_overlap"])
         return self._transform(X)
 
 
-class ScTOPProjection:
+class ScTOPProjection(ClassifierMixin, BaseEstimator):
     """scTOP basis projection (pipeline.md section 3): order parameters on reference type centroids.
 
     Basis column for type t: the mean library-normalized profile of the reference cells of type
     t, scTOP-transformed. A query cell ``s`` (scTOP over the genes shared with the basis) gets
     order parameters ``a = (B^T B)^-1 B^T s``; it is predicted ``argmax a`` or "unassigned" when
     ``max a < unassigned_threshold``.
+
+    Parameters
+    ----------
+    unassigned_threshold : float or None
+        Cells whose top order parameter is below it are "unassigned" (None: never).
+    min_gene_overlap : float
+        Smallest fraction of the basis genes a query must contain (an AnnData query is matched by
+        ``var_names``; a matrix query must have the basis genes, in order).
+    device : {"cpu", "cuda", "auto"}
     """
 
-    def __init__(self, unassigned_threshold: float | None = 0.1, *, device: str = "auto") -> None:
+    def __init__(self, unassigned_threshold: float | None = 0.1, *, min_gene_overlap: float = 0.5, device: str = "auto") -> None:
+        check_number("unassigned_threshold", unassigned_threshold, -np.inf, allow_none=True)
+        check_number("min_gene_overlap", min_gene_overlap, 0.0, 1.0)
         self.unassigned_threshold = unassigned_threshold
+        self.min_gene_overlap = min_gene_overlap
         self.device = device
 
-    def fit(self, adata: Any, label_key: str, *, layer: str | None = None) -> "ScTOPProjection":
-        y = labels_of(adata, label_key)
+    def fit(self, adata: Any, labels: Any, *, layer: str | None = None) -> "ScTOPProjection":
+        """Build the basis from ``adata`` (AnnData, or a cells x genes count matrix) and ``labels``
+        (an obs column name, or the labels themselves)."""
+        y = labels_of(adata, labels)
         X, genes = _matrix_and_genes(adata, layer)
+        if genes is not None:
+            check_unique_genes(np.asarray(genes).astype(str), "the reference")
         backend = resolve_backend(self.device, X)
         self.backend_ = backend
         from ._validation import as_csr, check_counts
@@ -270,13 +336,19 @@ class ScTOPProjection:
 
             raise NotFittedError("This ScTOPProjection is not fitted yet; call fit() first.")
         X, genes = _matrix_and_genes(adata, layer)
-        genes = np.asarray(genes).astype(str)
-        query_genes = set(genes)
-        shared = [g for g in self.basis_.index if g in query_genes]
-        if not shared:
-            raise ValueError("The query shares no genes with the basis (check identifiers / orthologs).")
-        B = self.basis_.loc[shared].to_numpy()
-        Xs = align_genes(X, genes, np.asarray(shared), self.backend_)
+        G = len(self.basis_)
+        if genes is None or not isinstance(self.basis_.index[0], str):
+            if X.shape[1] != G:
+                raise ValueError(f"The query has {X.shape[1]} genes but the basis has {G}; pass AnnData on both "
+                                 "sides (genes are then matched by var_names) or a matrix with the basis genes.")
+            B, Xs = self.basis_.to_numpy(), X
+        else:
+            genes = np.asarray(genes).astype(str)
+            query_genes = set(genes)
+            shared = [g for g in self.basis_.index if g in query_genes]
+            check_overlap(len(shared), G, len(genes), self.min_gene_overlap, "basis")
+            B = self.basis_.loc[shared].to_numpy()
+            Xs = align_genes(X, genes, np.asarray(shared), self.backend_)
         S = transform_implicit(Xs, "sctop", device=self.backend_)
         xp = self.backend_.xp
         BtB_inv = np.linalg.inv(B.T @ B)
@@ -288,10 +360,7 @@ class ScTOPProjection:
     def predict(self, adata: Any, *, layer: str | None = None, unassigned_threshold: float | None = -np.inf) -> np.ndarray:
         a = self.order_parameters(adata, layer=layer).to_numpy()
         thr = self.unassigned_threshold if unassigned_threshold == -np.inf else unassigned_threshold
-        labels = np.asarray(self.classes_, dtype=object)[a.argmax(axis=1)]
-        if thr is not None:
-            labels[a.max(axis=1) < thr] = UNASSIGNED
-        return labels
+        return _assign(np.asarray(self.classes_), a, thr)
 
     def novelty_score(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
         """Negative top order parameter: higher for cells unlike every basis type."""

@@ -44,7 +44,9 @@ def _demo(args: argparse.Namespace) -> int:
             f"  15-nearest-neighbour accuracy for cell_type on held-out cells over all {emb.shape[1]} "
             f"components: {knn:.3f} (PC1-2 mostly carry species and sequencing depth)"
         )
-    if args.plot:
+    if args.plot and emb.shape[1] < 2:
+        print("  (one component: no scatter plot)")
+    elif args.plot:
         try:
             import matplotlib
         except ImportError:

@@ -7,12 +7,13 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse
+from sklearn.base import BaseEstimator, TransformerMixin
 
 from ._backend import CPU, Backend, is_gpu_array, memory_guard, resolve_backend, to_host
-from ._validation import as_csr, check_batch_size, check_n_components
+from ._validation import as_csr, check_batch_size, check_int, check_n_components, check_number
 from .implicit import GeneScaling, StandardizedOperator
 from .pca import PCAResult, pca
-from .transforms import METHODS, transform_implicit
+from .transforms import METHODS, median_library_size, transform_implicit
 
 
 def get_matrix(adata: Any, layer: str | None) -> Any:
@@ -80,8 +81,11 @@ _REMEDY_PCA = (
 _REMEDY_OTHER = "Pass a smaller batch_size (for example half of it), or use device='cpu'."
 
 
-class LinearEmbedding:
+class LinearEmbedding(TransformerMixin, BaseEstimator):
     """Linear embedding estimator: ``fit`` on a reference, ``transform`` any query.
+
+    A scikit-learn estimator (``get_params``, ``set_params``, ``clone``; a transformer step of a
+    ``Pipeline`` on count matrices).
 
     transform (``sctop`` or ``lognorm``) -> per-gene standardization (reference means and
     scales) -> projection on the reference principal axes. Queries are aligned to the reference
@@ -103,8 +107,9 @@ class LinearEmbedding:
         scikit-learn's ``fit_transform`` returns (``transform`` gives ``A @ components.T``).
     n_oversamples, n_iter : int, optional
         Randomized SVD parameters (see :func:`gpulin.pca.pca`).
-    target_sum : float
-        ``lognorm`` library size.
+    target_sum : float or None
+        ``lognorm`` library size (None: the median library size of the fitted cells, as scanpy's
+        ``normalize_total``; ``target_sum_`` holds the value used, and queries use it too).
     min_gene_overlap : float
         Smallest fraction of reference genes a query must contain.
     mask_var : str or array of bool, optional
@@ -120,7 +125,7 @@ class LinearEmbedding:
 
     Attributes
     ----------
-    var_names_ : numpy.ndarray of str, shape (n_genes,)
+    var_names_ : numpy.ndarray of str, shape (n_genes,), or None (fitted on a matrix)
     mean_, scale_ : numpy.ndarray, shape (n_genes,)
     components_ : numpy.ndarray, shape (n_components, n_genes)
         Zero outside ``mask_var``.
@@ -142,7 +147,7 @@ class LinearEmbedding:
         solver: str = "auto",
         n_oversamples: int | None = None,
         n_iter: int | None = None,
-        target_sum: float = 1e4,
+        target_sum: float | None = 1e4,
         min_gene_overlap: float = 0.5,
         mask_var: str | Any | None = None,
         device: str = "auto",
@@ -168,26 +173,35 @@ class LinearEmbedding:
         if self.method not in METHODS:
             raise ValueError(f"Unknown method {self.method!r}; expected one of {METHODS}.")
         check_batch_size(self.batch_size)
-        if not 0.0 <= float(self.min_gene_overlap) <= 1.0:
-            raise ValueError(f"min_gene_overlap must be in [0, 1], got {self.min_gene_overlap!r}.")
+        check_number("min_gene_overlap", self.min_gene_overlap, 0.0, 1.0)
+        check_int("n_iter", self.n_iter, 0, allow_none=True)
+        check_int("n_oversamples", self.n_oversamples, 0, allow_none=True)
+        check_int("seed", self.seed, 0)
+        check_number("target_sum", self.target_sum, 0.0, low_open=True, allow_none=True)
 
     def _transform_counts(self, X: Any, backend: Backend) -> Any:
+        if self.method == "lognorm" and not hasattr(self, "target_sum_"):  # fit: None -> the median library size
+            self.target_sum_ = self.target_sum
+            if self.target_sum is None:
+                self.target_sum_ = median_library_size(as_csr(X, backend if is_gpu_array(X) else CPU))
         return transform_implicit(
-            X, self.method, device=backend, batch_size=self.batch_size, target_sum=self.target_sum
+            X, self.method, device=backend, batch_size=self.batch_size, target_sum=getattr(self, "target_sum_", 1e4)
         )
 
     # -- fit ------------------------------------------------------------------------------------
-    def fit(self, adata: Any, *, layer: str | None = None) -> "LinearEmbedding":
-        """Fit on the cells of ``adata`` (AnnData, or a cells x genes matrix of counts)."""
+    def fit(self, adata: Any, y: Any = None, *, layer: str | None = None) -> "LinearEmbedding":
+        """Fit on the cells of ``adata`` (AnnData, or a cells x genes matrix of counts); ``y`` is
+        ignored (scikit-learn's transformer signature)."""
         self._fit(adata, layer=layer)
         return self
 
-    def fit_transform(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
+    def fit_transform(self, adata: Any, y: Any = None, *, layer: str | None = None) -> np.ndarray:
         """Fit and return the training scores, (n_cells, n_components) float32 on the host."""
         return to_host(self._fit(adata, layer=layer))
 
     def _fit(self, adata: Any, *, layer: str | None) -> Any:
         self._check_params()
+        self.__dict__.pop("target_sum_", None)  # resolved again on these cells
         X, var_names = _matrix_and_genes(adata, layer)
         backend = resolve_backend(self.device, X)
         timer = _Timer(backend)
@@ -212,7 +226,7 @@ class LinearEmbedding:
         timer.lap("pca")
         scores = self._finish_scores(res.scores, res.explained_variance, backend)
         self.backend_ = backend
-        self.var_names_ = np.asarray(var_names).astype(str)
+        self.var_names_ = None if var_names is None else np.asarray(var_names).astype(str)
         self.mean_ = np.asarray(to_host(scaling.mean))
         self.scale_ = np.asarray(to_host(scaling.scale))
         self.var_ = np.asarray(to_host(scaling.var))
@@ -266,19 +280,24 @@ class LinearEmbedding:
             return to_host(self._finish_scores(scores, self.explained_variance_, backend))
 
     def _align(self, X: Any, var_names: Any, backend: Backend) -> Any:
-        ref = self.var_names_
-        G = len(ref)
-        if var_names is None:
-            if X.shape[1] != G:
-                raise ValueError(
-                    f"The query has {X.shape[1]} genes but the reference has {G}; pass an AnnData "
-                    "(genes are then aligned by var_names) or a matrix with the reference's genes."
-                )
-            return X
-        q = np.asarray(var_names).astype(str)
-        if q.shape[0] == G and np.array_equal(q, ref):
-            return X
-        return align_genes(X, q, ref, backend, min_overlap=float(self.min_gene_overlap))
+        return align_query(X, var_names, self.var_names_, self.n_features_in_, backend, float(self.min_gene_overlap))
+
+
+def align_query(X: Any, genes: Any, ref_genes: np.ndarray | None, n_ref: int, backend: Backend, min_overlap: float) -> Any:
+    """The query counts ``X`` with the reference's genes as columns: by name when both sides have
+    gene names (:func:`align_genes`; as is when the names are the same), else by position (the
+    gene counts must then agree)."""
+    if genes is None or ref_genes is None:
+        if X.shape[1] != n_ref:
+            raise ValueError(
+                f"The query has {X.shape[1]} genes but the reference has {n_ref}; pass AnnData on both sides "
+                "(genes are then aligned by var_names) or a matrix with the reference's genes, in order."
+            )
+        return X
+    q = np.asarray(genes).astype(str)
+    if q.shape[0] == n_ref and np.array_equal(q, ref_genes):
+        return X
+    return align_genes(X, q, ref_genes, backend, min_overlap=min_overlap)
 
 
 def gene_mask(adata: Any, mask_var: Any, n_genes: int) -> np.ndarray:
@@ -305,32 +324,48 @@ def gene_mask(adata: Any, mask_var: Any, n_genes: int) -> np.ndarray:
     return values.copy()
 
 
+def check_unique_genes(genes: np.ndarray, whose: str, among: str = "") -> None:
+    """A clear error when gene names repeat (which column would a query gene go to?)."""
+    names, counts = np.unique(genes, return_counts=True)
+    if counts.size and counts.max() > 1:
+        dup = names[counts > 1]
+        raise ValueError(
+            f"{whose[0].upper() + whose[1:]} has {len(dup)} duplicated gene name(s){among} (e.g. "
+            f"{', '.join(map(repr, dup[:3].tolist()))}); make them unique first (adata.var_names_make_unique())."
+        )
+
+
+def check_overlap(n_shared: int, n_ref: int, n_query: int, min_overlap: float, ref_name: str) -> None:
+    """A clear error when fewer than ``min_overlap`` of the ``n_ref`` reference genes are shared."""
+    if n_shared == 0 or n_shared < min_overlap * n_ref:
+        raise ValueError(
+            f"Only {n_shared} of the {n_ref} {ref_name} genes ({100 * n_shared / max(n_ref, 1):.1f}%) are present in "
+            f"the query (which has {n_query} genes); at least {100 * min_overlap:.0f}% are required "
+            "(min_gene_overlap). Check that both use the same gene identifiers (symbols vs Ensembl IDs, "
+            "species: see gpulin.map_orthologs)."
+        )
+
+
 def align_genes(X: Any, query_genes: np.ndarray, ref_genes: np.ndarray, backend: Backend, *, min_overlap: float = 0.0) -> Any:
     """Re-index the columns of counts ``X`` from ``query_genes`` to ``ref_genes`` (missing = 0).
 
     Returns a CSR matrix of shape (n_cells, len(ref_genes)) where ``X`` lives: counts on the host
     stay there (the transforms upload them to ``backend`` one row block at a time, so GPU memory
     stays bounded), counts already on the GPU stay on it. Duplicate query gene names are an error
-    (ambiguous), and so is an overlap below ``min_overlap`` of the reference.
+    (ambiguous) when those genes are reference genes (and always in the reference), and so is an
+    overlap below ``min_overlap`` of the reference.
     """
-    if len(set(query_genes)) != len(query_genes):
-        raise ValueError("The query has duplicated gene names (var_names); make them unique first.")
+    check_unique_genes(ref_genes, "the reference")
     pos = {g: i for i, g in enumerate(ref_genes)}
     qi = np.fromiter((i for i, g in enumerate(query_genes) if g in pos), dtype=np.int64)
+    check_unique_genes(query_genes[qi], "the query", among=" among the reference genes")
     ri = np.fromiter((pos[query_genes[i]] for i in qi), dtype=np.int64, count=len(qi))
-    G = len(ref_genes)
-    if len(qi) == 0 or len(qi) < min_overlap * G:
-        raise ValueError(
-            f"Only {len(qi)} of the {G} reference genes ({100 * len(qi) / max(G, 1):.1f}%) are present in "
-            f"the query (which has {len(query_genes)} genes); at least {100 * min_overlap:.0f}% are required "
-            "(min_gene_overlap). Check that both use the same gene identifiers (symbols vs Ensembl IDs, "
-            "species: see gpulin.map_orthologs)."
-        )
+    check_overlap(len(qi), len(ref_genes), len(query_genes), min_overlap, "reference")
     where = backend if is_gpu_array(X) else CPU
     csr = as_csr(X, where)
     xp = where.xp
     P = where.sparse.csr_matrix(
-        (xp.ones(len(qi), dtype=csr.dtype), (xp.asarray(qi), xp.asarray(ri))), shape=(csr.shape[1], G)
+        (xp.ones(len(qi), dtype=csr.dtype), (xp.asarray(qi), xp.asarray(ri))), shape=(csr.shape[1], len(ref_genes))
     )
     out = (csr @ P).tocsr()
     out.sum_duplicates()
@@ -362,7 +397,7 @@ def embed(
     scale: bool = True,
     whiten: bool = False,
     solver: str = "auto",
-    target_sum: float = 1e4,
+    target_sum: float | None = 1e4,
     n_iter: int | None = None,
     n_oversamples: int | None = None,
     mask_var: str | Any | None = None,
@@ -394,8 +429,9 @@ def embed(
         Divide scores by the square root of the explained variance.
     solver : {"auto", "randomized", "gram", "sklearn"}
         PCA solver (see :class:`LinearEmbedding`).
-    target_sum : float
-        ``lognorm`` library size.
+    target_sum : float or None
+        ``lognorm`` library size (None: the median library size of the cells, as scanpy's
+        ``normalize_total``; ``uns[key_added]["params"]["target_sum"]`` records the value used).
     n_iter, n_oversamples : int, optional
         Iterations and extra directions of the randomized PCA (:func:`gpulin.pca.pca`; defaults
         4 and 10). More iterations capture more variance where the spectrum decays slowly.
@@ -448,7 +484,7 @@ def embed(
             "solver": est.solver_,
             "n_iter": int(est.n_iter_),
             "n_oversamples": int(est.n_oversamples_),
-            "target_sum": target_sum,
+            "target_sum": getattr(est, "target_sum_", target_sum),
             "mask_var": mask_var if isinstance(mask_var, str) or mask_var is None else "array",
             "n_genes_used": int(est.mask_var_.sum()),
         },

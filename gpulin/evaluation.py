@@ -7,15 +7,17 @@ kfold     stratified k-fold (shuffle, seed 42), e.g. disease state with k = 10.
 group     leave one group (donor / sample) out.
 transfer  fit on ``adata``, predict ``query`` (optionally through a 1:1 ortholog table), scored on
           the labels both share; ``approach="projection"`` uses the scTOP basis projection.
-novel     leave each type with >= ``min_cells`` cells out of training in turn; AUROC of the
-          novelty score for that type's cells against the others.
+novel     leave each type with >= ``min_cells`` cells out of training in turn (and a stratified
+          20% of the other types' cells); AUROC of the novelty score for that type's cells against
+          those held-out cells of known types.
 
 The transform is per cell, so it is computed once per dataset and rows are taken per split; gene
 selection, standardization, PCA and the classifier are fitted on the training cells only.
 
 Besides the tidy per-split table, classification protocols pool the test predictions of all splits
-into a per-class report (``table.attrs["per_class"]``) and a confusion matrix
-(``table.attrs["confusion"]``, rows = true label, columns = predicted); ``out_dir=`` writes them as
+into a per-class report (:func:`pooled_per_class`) and a confusion matrix (:func:`pooled_confusion`,
+rows = true label, columns = predicted; both kept in ``table.attrs`` as plain dicts, so tables still
+print and concatenate); ``out_dir=`` writes them as
 ``metrics.csv``, ``metrics.json``, ``per_class.csv``, ``confusion.csv`` and ``confusion.png``.
 """
 
@@ -29,7 +31,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from .classifier import CellTypeClassifier, ScTOPProjection, labels_of
+from .classifier import CellTypeClassifier, ScTOPProjection, _assign, labels_of
 from ._backend import get_backend, resolve_backend
 from .embed import _matrix_and_genes
 from .transforms import transform_implicit
@@ -146,10 +148,30 @@ def plot_confusion(confusion: pd.DataFrame, path: str | Path, title: str = "") -
 
 
 def _with_pooled(table: pd.DataFrame, y_true: list[np.ndarray], y_pred: list[np.ndarray]) -> pd.DataFrame:
+    # Plain dicts (pandas' "tight" layout), not DataFrames: pandas compares attrs when it
+    # concatenates tables (and when it prints a truncated one), and DataFrames do not compare to a bool.
     yt, yp = np.concatenate(y_true), np.concatenate(y_pred)
-    table.attrs["per_class"] = per_class_report(yt, yp)
-    table.attrs["confusion"] = confusion_table(yt, yp)
+    table.attrs["per_class"] = per_class_report(yt, yp).to_dict(orient="tight")
+    table.attrs["confusion"] = confusion_table(yt, yp).to_dict(orient="tight")
     return table
+
+
+def pooled_per_class(table: pd.DataFrame) -> pd.DataFrame:
+    """The per-class report (:func:`per_class_report`) pooled over all test cells of all splits of
+    a table from :func:`evaluate` (classification protocols)."""
+    return _attr_frame(table, "per_class")
+
+
+def pooled_confusion(table: pd.DataFrame) -> pd.DataFrame:
+    """The confusion matrix (:func:`confusion_table`: rows = true, columns = predicted) pooled over
+    all test cells of all splits of a table from :func:`evaluate` (classification protocols)."""
+    return _attr_frame(table, "confusion")
+
+
+def _attr_frame(table: pd.DataFrame, key: str) -> pd.DataFrame:
+    if key not in table.attrs:
+        raise KeyError(f"This table has no pooled {key!r} (only classification protocols have one).")
+    return pd.DataFrame.from_dict(table.attrs[key], orient="tight")
 
 
 def write_report(table: pd.DataFrame, out_dir: str | Path, title: str = "") -> list[Path]:
@@ -161,12 +183,12 @@ def write_report(table: pd.DataFrame, out_dir: str | Path, title: str = "") -> l
     table.to_json(written[1], orient="records", indent=1)
     if "per_class" in table.attrs:
         written.append(out / "per_class.csv")
-        table.attrs["per_class"].to_csv(written[-1])
+        pooled_per_class(table).to_csv(written[-1])
     if "confusion" in table.attrs:
         written.append(out / "confusion.csv")
-        table.attrs["confusion"].to_csv(written[-1])
+        pooled_confusion(table).to_csv(written[-1])
         try:
-            written.append(plot_confusion(table.attrs["confusion"], out / "confusion.png", title))
+            written.append(plot_confusion(pooled_confusion(table), out / "confusion.png", title))
         except ImportError:
             pass
     return written
@@ -258,8 +280,8 @@ def evaluate(
     DataFrame
         One row per split with ``accuracy``, ``macro_f1``, ``macro_precision``, ``macro_recall``,
         ``balanced_accuracy``, ``macro_auroc`` and ``seconds`` (``novelty_auroc`` for ``novel``).
-        For classification protocols, ``attrs["per_class"]`` and ``attrs["confusion"]`` hold the
-        report and confusion matrix pooled over all test cells of all splits.
+        For classification protocols, :func:`pooled_per_class` and :func:`pooled_confusion` give
+        the report and confusion matrix pooled over all test cells of all splits.
     """
     table = _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ortholog_cols, approach,
                       preset, device, min_cells, n_splits, group_key, progress, classifier_params)
@@ -291,15 +313,21 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
     rows = []
     if protocol == "novel":
         types = [t for t in np.unique(y)]
+        from sklearn.metrics import roc_auc_score
+        from sklearn.model_selection import StratifiedShuffleSplit
+
         for t in _progress(types, len(types), "novel types", progress):
             t1 = time.perf_counter()
-            tr = np.flatnonzero(y != t)
+            others = np.flatnonzero(y != t)
+            # Negatives are held-out cells of the known types (a stratified 20%), never training
+            # cells: the classifier is more confident on the cells it was fitted on.
+            fit, held = next(StratifiedShuffleSplit(1, test_size=0.2, random_state=0).split(others, y[others]))
+            tr, te = others[fit], np.concatenate([np.flatnonzero(y == t), others[held]])
             clf = CellTypeClassifier(preset, device=backend, **classifier_params).fit_transformed(S.take_rows(tr), y[tr])
-            novelty = 1.0 - clf.predict_proba_transformed(S).max(axis=1)
-            from sklearn.metrics import roc_auc_score
-
+            novelty = 1.0 - clf.predict_proba_transformed(S.take_rows(te)).max(axis=1)
             rows.append({"split": f"novel={t}", "held_out_type": t, "n_held_out": int((y == t).sum()),
-                         "novelty_auroc": float(roc_auc_score(y == t, novelty)),
+                         "n_known_held_out": len(held), "n_train": len(tr),
+                         "novelty_auroc": float(roc_auc_score(y[te] == t, novelty)),
                          "seconds": time.perf_counter() - t1})
         return pd.DataFrame(rows).assign(protocol=protocol, transform_seconds=t_transform)
     groups = labels_of(ad_k, group_key) if group_key else None
@@ -334,14 +362,26 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
             raise ValueError("ortholog_cols=(query_column, reference_column) is required with orthologs.")
         query = map_orthologs(query, orthologs, ortholog_cols[0], ortholog_cols[1])
     shared = ref.var_names.intersection(query.var_names)
-    if len(shared) == 0:
-        raise ValueError("Reference and query share no genes (use orthologs= for another species).")
-    ref, query = ref[:, shared], query[:, shared]
+    # Both sides keep the shared genes only: too few of them (a query of another species passed
+    # without orthologs=, other gene identifiers) would still give numbers, meaningless ones.
+    min_overlap = params.get("min_gene_overlap", 0.5)
+    smaller = min(ref.n_vars, query.n_vars)
+    if len(shared) == 0 or len(shared) < min_overlap * smaller:
+        raise ValueError(
+            f"Reference ({ref.n_vars} genes) and query ({query.n_vars} genes) share {len(shared)} genes, "
+            f"{100 * len(shared) / max(smaller, 1):.1f}% of the smaller gene set; at least {100 * min_overlap:.0f}% "
+            "are required (min_gene_overlap). Another species needs orthologs= (gpulin.map_orthologs); "
+            "check that both use the same gene identifiers."
+        )
+    if query_label_key not in query.obs:
+        raise KeyError(f"Label column {query_label_key!r} not in query.obs; columns: {list(query.obs.columns)}.")
+    labelled = query.obs[query_label_key].notna().to_numpy()  # unlabelled query cells: predicted, not scored
+    ref, query = ref[:, shared], query[labelled][:, shared]
     t1 = time.perf_counter()
     if approach == "projection":
         clf = ScTOPProjection(device=device).fit(ref, label_key)
         a = clf.order_parameters(query).to_numpy()
-        pred = np.asarray(clf.classes_, dtype=object)[a.argmax(axis=1)]  # predict(): argmax, as published
+        pred = _assign(np.asarray(clf.classes_), a, None)  # predict(): argmax, as published
         e = np.exp(a - a.max(axis=1, keepdims=True))
         proba = e / e.sum(axis=1, keepdims=True)
     else:
@@ -353,7 +393,7 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
     if not on_shared.any():
         raise ValueError("Reference and query share no cell-type labels.")
     row = {"split": "transfer", "approach": approach, "n_shared_genes": len(shared), "n_test": int(on_shared.sum()),
-           "shared_types": int(len(np.intersect1d(clf.classes_, yq))),
+           "n_unlabelled": int((~labelled).sum()), "shared_types": int(len(np.intersect1d(clf.classes_, yq))),
            **classification_metrics(yq[on_shared], pred[on_shared], proba[on_shared], np.asarray(clf.classes_)),
            "seconds": time.perf_counter() - t1}
     return _with_pooled(pd.DataFrame([row]).assign(protocol="transfer"), [yq[on_shared]], [pred[on_shared]])
@@ -375,7 +415,9 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--min-cells", type=int, default=100)
     p.add_argument("--n-splits", type=int, default=None)
     p.add_argument("--group", default=None)
+    p.add_argument("--preset", default="souza-mehta-2026", help="classifier preset (gpulin.classifier.PRESETS)")
     p.add_argument("--query", default=None)
+    p.add_argument("--query-label", default=None, help="the query's label column (default: --label)")
     p.add_argument("--orthologs", default=None, help="CSV of 1:1 orthologs")
     p.add_argument("--ortholog-cols", nargs=2, default=None, metavar=("QUERY_COL", "REF_COL"))
     p.add_argument("--out", default=None, help="CSV or JSON path for the tidy table")
@@ -387,19 +429,28 @@ def add_cli(sub: Any) -> None:
 def _cli(args: argparse.Namespace) -> int:
     import anndata as ad
 
-    get_backend(args.device)  # fail fast (no usable GPU, say) before reading the data
+    from .classifier import PRESETS
+
+    # fail fast, before reading the data and running the protocol
+    get_backend(args.device)
+    if args.preset not in PRESETS:
+        raise ValueError(f"Unknown preset {args.preset!r}; expected one of {list(PRESETS)}.")
+    if args.out and not Path(args.out).resolve().parent.is_dir():
+        raise FileNotFoundError(f"--out {args.out}: the folder {Path(args.out).resolve().parent} does not exist.")
     adata = ad.read_h5ad(args.data)
     query = ad.read_h5ad(args.query) if args.query else None
-    table = evaluate(adata, args.label, args.protocol, query=query, orthologs=args.orthologs,
-                     ortholog_cols=tuple(args.ortholog_cols) if args.ortholog_cols else None, approach=args.approach,
-                     device=args.device, min_cells=args.min_cells, n_splits=args.n_splits, group_key=args.group,
-                     out_dir=args.out_dir)
+    table = evaluate(adata, args.label, args.protocol, query=query, query_label_key=args.query_label,
+                     orthologs=args.orthologs, ortholog_cols=tuple(args.ortholog_cols) if args.ortholog_cols else None,
+                     approach=args.approach, preset=args.preset, device=args.device, min_cells=args.min_cells,
+                     n_splits=args.n_splits, group_key=args.group, out_dir=args.out_dir)
     print(table.to_string(index=False))
     print("\nmean:\n" + summarize(table).to_string())
     if "per_class" in table.attrs:
-        print("\nper class (pooled over splits):\n" + table.attrs["per_class"].round(3).to_string())
+        print("\nper class (pooled over splits):\n" + pooled_per_class(table).round(3).to_string())
     if args.out_dir:
-        print(f"wrote {args.out_dir}/metrics.csv, per_class.csv, confusion.csv, confusion.png")
+        written = sorted(p.name for p in Path(args.out_dir).iterdir()
+                         if p.name in ("metrics.csv", "metrics.json", "per_class.csv", "confusion.csv", "confusion.png"))
+        print(f"wrote {', '.join(written)} in {args.out_dir}")
     if args.out:
         out = Path(args.out)
         table.to_json(out, orient="records", indent=1) if out.suffix == ".json" else table.to_csv(out, index=False)

@@ -107,6 +107,16 @@ def map_orthologs(
             "check the species direction and the gene identifier type (symbols vs Ensembl IDs)."
         )
 
+    if stats["n_mapped"] < 0.1 * stats["n_input_genes"]:
+        import warnings
+
+        warnings.warn(
+            f"Only {stats['n_mapped']} of {stats['n_input_genes']} genes map through the ortholog table "
+            f"({source_col!r} -> {target_col!r}); check that source_col names adata's species (are the "
+            "columns swapped?) and the gene identifier type.",
+            UserWarning,
+            stacklevel=2,
+        )
     idx = np.flatnonzero(keep)
     out = adata[:, idx].copy()
     old_names = genes[idx]

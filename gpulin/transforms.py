@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse
 
 from ._backend import CPU, Backend, get_backend, is_gpu_array, memory_guard, to_host
-from ._validation import as_csr, check_batch_size, check_counts
+from ._validation import as_csr, check_batch_size, check_counts, check_number
 from ._gpu_kernels import csr_row_sums
 from .implicit import SparsePlusRowConstant, _row_ids, cpu_workers
 
@@ -216,7 +216,7 @@ def transform_implicit(
     *,
     device: str | Backend = "auto",
     batch_size: int | None = None,
-    target_sum: float = 1e4,
+    target_sum: float | None = 1e4,
     check: bool = True,
 ) -> SparsePlusRowConstant:
     """Apply a per-cell transform to counts ``X`` and return the implicit result on ``device``.
@@ -229,8 +229,9 @@ def transform_implicit(
     device : {"cpu", "cuda", "auto"}
     batch_size : int, optional
         Cells per row block (None: automatic, from free GPU memory on CUDA).
-    target_sum : float
-        ``lognorm`` library size after normalization (scanpy ``normalize_total``).
+    target_sum : float or None
+        ``lognorm`` library size after normalization (scanpy ``normalize_total``); None: the
+        median library size of the cells with counts, as scanpy's ``target_sum=None``.
     check : bool
         Validate the values (finite, non-negative; warn when not integers).
 
@@ -250,8 +251,10 @@ def transform_implicit(
     csr = as_csr(X, where)
     if check:
         check_counts(csr, where, method=method)
-    if method == "lognorm" and not (np.isfinite(target_sum) and target_sum > 0):
-        raise ValueError(f"target_sum must be a positive number, got {target_sum!r}.")
+    if method == "lognorm":
+        check_number("target_sum", target_sum, 0.0, low_open=True, allow_none=True)
+        if target_sum is None:
+            target_sum = median_library_size(csr)
     n, G = csr.shape
     indptr_host = np.asarray(to_host(csr.indptr), dtype=np.int64)
     bounds = plan_row_blocks(indptr_host, G, backend, batch_size)
@@ -338,15 +341,24 @@ def sctop_transform(
     return S.toarray() if dense else S
 
 
+def median_library_size(csr: Any) -> float:
+    """Median total count of the cells with counts (scanpy's ``normalize_total(target_sum=None)``);
+    1.0 when no cell has counts."""
+    totals = np.asarray(to_host(csr_row_sums(csr.data, csr.indptr)), dtype=np.float64)
+    totals = totals[totals > 0]
+    return float(np.median(totals)) if totals.size else 1.0
+
+
 def lognorm_transform(
     X: Any,
     *,
-    target_sum: float = 1e4,
+    target_sum: float | None = 1e4,
     device: str = "cpu",
     dense: bool = False,
     batch_size: int | None = None,
 ) -> SparsePlusRowConstant | np.ndarray:
-    """``log1p`` of counts scaled to ``target_sum`` per cell (scanpy ``normalize_total`` + ``log1p``).
+    """``log1p`` of counts scaled to ``target_sum`` per cell (scanpy ``normalize_total`` + ``log1p``;
+    ``target_sum=None``: the median library size, as scanpy's default).
 
     Returns the implicit result (sparse, ``c = 0``) or, with ``dense=True``, a NumPy float32 array.
     """

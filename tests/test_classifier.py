@@ -14,6 +14,7 @@ from threadpoolctl import threadpool_limits
 import gpulin
 from gpulin.classifier import CellTypeClassifier, ScTOPProjection
 from gpulin import evaluate
+from gpulin.evaluation import pooled_confusion, pooled_per_class
 from gpulin.selection import f_classif, select_k_best
 
 from conftest import shared_file
@@ -123,7 +124,7 @@ def test_evaluate_writes_per_class_report_and_confusion(tmp_path):
     with threadpool_limits(1):
         table = evaluate(a, "type", "split5", device="cpu", min_cells=50, n_components=10, progress=False,
                          n_splits=2, out_dir=tmp_path)
-    conf, per_class = table.attrs["confusion"], table.attrs["per_class"]
+    conf, per_class = pooled_confusion(table), pooled_per_class(table)
     # Pooled over both splits: every test cell counted once per split, rows = true labels.
     assert conf.to_numpy().sum() == table["n_test"].sum()
     assert list(conf.index) == list(per_class.index) == sorted(a.obs["type"].unique())
@@ -134,6 +135,13 @@ def test_evaluate_writes_per_class_report_and_confusion(tmp_path):
     for name in ("metrics.csv", "metrics.json", "per_class.csv", "confusion.csv", "confusion.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert pd.read_csv(tmp_path / "metrics.csv")["macro_f1"].tolist() == pytest.approx(table["macro_f1"].tolist())
+    # Tables print (truncated, as at the default width) and concatenate with tables of other runs.
+    other = table.copy()
+    other.attrs = {**table.attrs, "per_class": pooled_per_class(table).iloc[:1].to_dict(orient="tight")}
+    both = pd.concat([table, other], ignore_index=True)
+    assert len(both) == 2 * len(table)
+    with pd.option_context("display.width", 40, "display.max_columns", 3):
+        assert "..." in repr(table)
 
 
 def test_evaluate_group_protocol_leaves_each_donor_out():
@@ -302,3 +310,29 @@ def test_classification_metrics_equal_scikit_learn(seed):
     np.testing.assert_array_equal(report["support"], support)
     np.testing.assert_array_equal(confusion_table(y_true, y_pred).to_numpy(),
                                   metrics.confusion_matrix(y_true, y_pred, labels=labels))
+
+
+def test_transfer_needs_shared_genes_and_scores_labelled_query_cells_only():
+    a = labelled(seed=5)
+    ref, query = a[:200].copy(), a[200:].copy()
+    query.obs["type"] = query.obs["type"].astype(object)
+    query.obs.iloc[:25, 0] = np.nan  # unlabelled query cells: predicted, not scored
+    t = evaluate(ref, "type", "transfer", query=query, device="cpu", min_cells=20, n_components=10)
+    assert t["n_unlabelled"].iloc[0] == 25 and t["n_test"].iloc[0] == 175
+    assert t["accuracy"].iloc[0] > 0.9
+    other_species = query.copy()
+    other_species.var_names = [f"mouse_{g}" for g in query.var_names[:-8]] + list(query.var_names[-8:])
+    with pytest.raises(ValueError, match=r"share 8 genes, 2.7% of the smaller gene set.*orthologs="):
+        evaluate(ref, "type", "transfer", query=other_species, device="cpu", min_cells=20, n_components=10)
+
+
+def test_novel_protocol_scores_held_out_cells_of_the_known_types():
+    a = labelled(seed=7)
+    with threadpool_limits(1):
+        table = evaluate(a, "type", "novel", device="cpu", min_cells=50, n_components=10, progress=False)
+    counts = a.obs["type"].value_counts()
+    for _, row in table.iterrows():
+        others = len(a) - counts[row["held_out_type"]]
+        # the negatives are cells the classifier never saw: 20% of the other types' cells
+        assert row["n_train"] + row["n_known_held_out"] == others
+        assert row["n_known_held_out"] == pytest.approx(0.2 * others, abs=1)

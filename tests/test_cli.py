@@ -66,3 +66,28 @@ def test_demo_on_cuda_without_a_gpu_fails_fast(capsys):
     captured = capsys.readouterr()
     assert "synthetic atlas" not in captured.out
     assert captured.err.startswith("gpulin demo: error: device='cuda' was requested but")
+
+
+def test_evaluate_takes_a_preset_and_checks_out_before_running(tmp_path, capsys, monkeypatch):
+    adata = synthetic_atlas(n_cells=900, n_genes=300, seed=5)
+    path = tmp_path / "atlas.h5ad"
+    adata.write_h5ad(path)
+    import gpulin.evaluation
+
+    ran = []
+    real = gpulin.evaluation.evaluate
+    monkeypatch.setattr(gpulin.evaluation, "evaluate", lambda *a, **k: ran.append(k["preset"]) or real(*a, **k))
+    bad_out = tmp_path / "no_such_folder" / "m.csv"
+    assert main(["evaluate", str(path), "--label", "cell_type", "--device", "cpu", "--out", str(bad_out)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not ran  # failed before the protocol ran
+    out_dir = tmp_path / "novel"
+    assert main(["evaluate", str(path), "--label", "cell_type", "--protocol", "novel", "--device", "cpu",
+                 "--min-cells", "20", "--preset", "cross-species", "--out-dir", str(out_dir)]) == 0
+    assert ran == ["cross-species"]
+    # only the files written are announced (the novel protocol has no confusion matrix)
+    assert "wrote metrics.csv, metrics.json in" in capsys.readouterr().out
+
+
+def test_demo_with_one_component(capsys):
+    assert main(["demo", "--device", "cpu", "--n-cells", "500", "--n-genes", "200", "--n-components", "1"]) == 0
+    assert "one component: no scatter plot" in capsys.readouterr().out

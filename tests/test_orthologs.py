@@ -128,3 +128,10 @@ def test_baron_human_to_mouse_and_back():
     )
     m2h = map_orthologs(mouse, pd.read_csv(TABLE), "gene.name", "human.gene.name")
     assert len(m2h.var_names.intersection(human.var_names)) == 11674
+
+
+@needs_baron
+def test_swapped_columns_warn():
+    mouse = ad.read_h5ad(BARON / "baron_mouse.h5ad")
+    with pytest.warns(UserWarning, match=r"Only \d+ of 14877 genes map.*columns swapped"):
+        map_orthologs(mouse, TABLE, "human.gene.name", "gene.name")
