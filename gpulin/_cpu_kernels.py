@@ -42,10 +42,12 @@ import threading
 from typing import Any
 
 #: GNU OpenMP, Numba's threading layer here, reads this when Numba loads it (at the first parallel
-#: launch). Left unset, its worker threads keep spinning after each parallel kernel, and BLAS
-#: calls made next (LAPACK's many small synchronizing calls above all) run beside them: on the
-#: 2-core Xeon a 230 x 230 ``eigh`` right after an embed took 0.8 s instead of 7 ms. Passive
-#: waiting costs a wake-up per launch (microseconds). A value the user set is kept.
+#: launch). Left unset, its worker threads keep spinning after each parallel kernel, beside the
+#: BLAS calls made next (LAPACK's many small synchronizing calls above all). On the 2-core Xeon
+#: (benchmarks/omp_wait.py): the Kang stimulation protocol 1.68-1.85 s -> 1.28-1.44 s on a quiet
+#: machine; with another process on one core, 7.2 s -> 1.5 s, and a 230 x 230 ``eigh`` right
+#: after an embed 41 ms -> 8 ms (single calls took up to 0.8 s). Passive waiting costs a wake-up
+#: per launch (microseconds). A value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
