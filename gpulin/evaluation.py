@@ -459,4 +459,4 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 __all__ = ["PROTOCOLS", "classification_metrics", "confusion_table", "evaluate", "per_class_report", "plot_confusion",
-           "summarize", "write_report"]
+           "pooled_confusion", "pooled_per_class", "summarize", "write_report"]
