@@ -5,7 +5,7 @@ This script measures what that changes, each policy in its own subprocess on the
 
 * ``eigh``: a 230 x 230 ``numpy.linalg.eigh`` right after an embed (the pattern of every PCA: compiled
   parallel kernels, then small LAPACK calls), median of 5;
-* ``embed``: ``gpulin.embed`` of the synthetic atlas (sctop, 50 components), median of 3 after a warm-up;
+* ``embed``: ``gpulin.embed`` of the synthetic atlas (sctop, 50 components), median of 5 after a warm-up;
 * the gpulin side of ``accuracy.py``'s ``baron_human_100`` and ``kang_stim`` tasks (needs the shared data).
 
 "default" loads Numba's OpenMP layer before gpulin is imported, so GNU OpenMP starts with the
@@ -36,6 +36,9 @@ warnings.filterwarnings("ignore")
 if sys.argv[1] == "default":
     os.environ.pop("OMP_WAIT_POLICY", None)
     import numba.np.ufunc.omppool  # GNU OpenMP reads its environment now: policy unset
+    policy = "unset when GNU OpenMP started (its own default)"
+else:
+    policy = "PASSIVE (gpulin's setting)"
 import numpy as np
 sys.path.insert(0, sys.argv[3])
 import gpulin
@@ -49,7 +52,7 @@ eigh, embed = [], []
 for _ in range(5):
     t = time.perf_counter(); gpulin.embed(a, device="cpu", n_components=50); embed.append(time.perf_counter() - t)
     t = time.perf_counter(); np.linalg.eigh(A); eigh.append(time.perf_counter() - t)
-out = {"policy": os.environ.get("OMP_WAIT_POLICY", "unset"), "eigh_after_embed_s": float(np.median(eigh)),
+out = {"policy": policy, "eigh_after_embed_s": float(np.median(eigh)),
        "eigh_runs_s": eigh, "embed_s": float(np.median(embed)), "embed_runs_s": embed}
 try:
     import accuracy as A_

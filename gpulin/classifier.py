@@ -105,14 +105,20 @@ class CellTypeClassifier(ClassifierMixin, BaseEstimator):
     solver : {"auto", "randomized", "gram", "sklearn"}
         PCA solver (:func:`gpulin.pca.pca`). The published preset uses ``"sklearn"`` (the same
         subspace as scikit-learn's randomized PCA with ``random_state=seed``) so that it reproduces
-        the published numbers; ``"auto"`` (exact Gram + eigh when cheaper, else randomized subspace
-        iteration with more oversampling) is faster on small data and more accurate.
+        the published numbers; ``"auto"`` (exact Gram + eigh when cheaper, else randomized block
+        Krylov iteration) is faster on small data and more accurate.
     model : {"logistic", "ridge"}
     C, alpha, class_weight, max_iter, tol
         Logistic (C, max_iter, tol) or ridge (alpha) parameters; ``tol`` = 1e-4 is scikit-learn's
         default, which the published pipeline used.
     unassigned_threshold : float, optional
         Default for :meth:`predict`: cells whose top probability is below it are "unassigned".
+    seed : int
+        Seed of the PCA's random draw (default 0).
+    batch_size : int, optional
+        Cells per row block of the transform (None: automatic).
+    min_gene_overlap : float
+        Smallest fraction of the training genes a query must contain (default 0.5).
     """
 
     def __init__(self, preset: str = "souza-mehta-2026", *, device: str = "auto", **overrides: Any) -> None:

@@ -108,7 +108,7 @@ class LinearEmbedding(TransformerMixin, BaseEstimator):
         On a few thousand cells the randomized default leaves the trailing components
         approximate (of 50 components, those past the 14th-25th off by 1-5% in variance on
         PBMC 3k and Kang);
-        ``"gram"`` is exact there (1.3-3.5x the time), ``n_iter=8`` within 0.5%
+        ``"gram"`` is exact there (1.2-3.5x the time), ``n_iter=8`` within 0.53%
         (``benchmarks/pca_small_data.py``).
     n_oversamples, n_iter : int, optional
         Randomized SVD parameters (see :func:`gpulin.pca.pca`).

@@ -253,14 +253,23 @@ def evaluate(
     ----------
     adata : AnnData
         Raw counts and labels in ``obs[label_key]`` (the training side for ``transfer``).
+    label_key : str
+        The ``obs`` column of the cell labels.
     protocol : {"split5", "kfold", "group", "transfer", "novel"}
     query, query_label_key : AnnData, str
-        ``transfer`` only: the query and its label column (default ``label_key``).
+        ``transfer`` only: the query and its label column (default ``label_key``). Query cells
+        without a label are left out (counted in ``n_unlabelled``); the others are scored on the
+        types the reference knows.
     orthologs, ortholog_cols : DataFrame or CSV path, (query_col, reference_col)
         ``transfer`` across species: query genes are renamed to reference genes through the 1:1
         table and both sides keep the shared genes only.
     approach : {"pipeline", "projection"}
-        The preset classifier or the scTOP basis projection.
+        The preset classifier or the scTOP basis projection (:class:`~gpulin.ScTOPProjection`,
+        fitted on the training cells of each split; its probabilities for the AUROC and the
+        novelty score are a softmax of the order parameters), for every protocol.
+    preset : str
+        :class:`~gpulin.CellTypeClassifier` preset of the pipeline.
+    device : {"cpu", "cuda", "auto"}
     min_cells : int
         Keep cell types with at least this many cells (training side).
     n_splits : int, optional
@@ -308,8 +317,19 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
     X, _ = _matrix_and_genes(ad_k, None)
     backend = resolve_backend(device, X)
     t0 = time.perf_counter()
-    S = transform_implicit(X, "sctop" if approach == "projection" else classifier_params.get("method", "sctop"), device=backend)
+    # The pipeline's transform is per cell: once per dataset, rows taken per split. The projection
+    # averages raw counts per type, so it works from the counts of each split.
+    S = transform_implicit(X, classifier_params.get("method", "sctop"), device=backend) if approach == "pipeline" else None
     t_transform = time.perf_counter() - t0
+
+    def fit_predict(tr: np.ndarray, te: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, classes) for the cells ``te`` of a model fitted on the cells ``tr``."""
+        if approach == "projection":
+            proj = ScTOPProjection(None, device=backend).fit(X[tr], y[tr])
+            return _softmax(proj.order_parameters(X[te]).to_numpy()), np.asarray(proj.classes_)
+        clf = CellTypeClassifier(preset, device=backend, **classifier_params).fit_transformed(S.take_rows(tr), y[tr])
+        return clf.predict_proba_transformed(S.take_rows(te)), np.asarray(clf.classes_)
+
     rows = []
     if protocol == "novel":
         types = [t for t in np.unique(y)]
@@ -323,13 +343,13 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
             # cells: the classifier is more confident on the cells it was fitted on.
             fit, held = next(StratifiedShuffleSplit(1, test_size=0.2, random_state=0).split(others, y[others]))
             tr, te = others[fit], np.concatenate([np.flatnonzero(y == t), others[held]])
-            clf = CellTypeClassifier(preset, device=backend, **classifier_params).fit_transformed(S.take_rows(tr), y[tr])
-            novelty = 1.0 - clf.predict_proba_transformed(S.take_rows(te)).max(axis=1)
+            proba, _ = fit_predict(tr, te)
+            novelty = 1.0 - proba.max(axis=1)
             rows.append({"split": f"novel={t}", "held_out_type": t, "n_held_out": int((y == t).sum()),
                          "n_known_held_out": len(held), "n_train": len(tr),
                          "novelty_auroc": float(roc_auc_score(y[te] == t, novelty)),
                          "seconds": time.perf_counter() - t1})
-        return pd.DataFrame(rows).assign(protocol=protocol, transform_seconds=t_transform)
+        return pd.DataFrame(rows).assign(protocol=protocol, approach=approach, transform_seconds=t_transform)
     groups = labels_of(ad_k, group_key) if group_key else None
     n_splits = n_splits or (5 if protocol == "split5" else 10)
     splits = list(_splits(protocol, y, groups, n_splits))
@@ -338,15 +358,14 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
     pooled_true, pooled_pred = [], []
     for name, tr, te in _progress(splits, len(splits), protocol, progress):
         t1 = time.perf_counter()
-        clf = CellTypeClassifier(preset, device=backend, **classifier_params).fit_transformed(S.take_rows(tr), y[tr])
-        proba = clf.predict_proba_transformed(S.take_rows(te))
-        pred = clf._labels(proba, None)
+        proba, classes = fit_predict(tr, te)
+        pred = _assign(classes, proba, None)
         pooled_true.append(y[te])
         pooled_pred.append(pred)
         rows.append({"split": name, "n_train": len(tr), "n_test": len(te),
-                     **classification_metrics(y[te], pred, proba, clf.classes_),
+                     **classification_metrics(y[te], pred, proba, classes),
                      "seconds": time.perf_counter() - t1})
-    table = pd.DataFrame(rows).assign(protocol=protocol, transform_seconds=t_transform)
+    table = pd.DataFrame(rows).assign(protocol=protocol, approach=approach, transform_seconds=t_transform)
     return _with_pooled(table, pooled_true, pooled_pred)
 
 
@@ -382,8 +401,7 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
         clf = ScTOPProjection(device=device).fit(ref, label_key)
         a = clf.order_parameters(query).to_numpy()
         pred = _assign(np.asarray(clf.classes_), a, None)  # predict(): argmax, as published
-        e = np.exp(a - a.max(axis=1, keepdims=True))
-        proba = e / e.sum(axis=1, keepdims=True)
+        proba = _softmax(a)
     else:
         clf = CellTypeClassifier(preset, device=device, **params).fit(ref, label_key)
         proba = clf.predict_proba(query)
@@ -397,6 +415,13 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
            **classification_metrics(yq[on_shared], pred[on_shared], proba[on_shared], np.asarray(clf.classes_)),
            "seconds": time.perf_counter() - t1}
     return _with_pooled(pd.DataFrame([row]).assign(protocol="transfer"), [yq[on_shared]], [pred[on_shared]])
+
+
+def _softmax(a: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of the projection's order parameters: its class probabilities for the AUROC
+    and the novelty score."""
+    e = np.exp(a - a.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def summarize(table: pd.DataFrame) -> pd.Series:

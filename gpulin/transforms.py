@@ -357,10 +357,24 @@ def lognorm_transform(
     dense: bool = False,
     batch_size: int | None = None,
 ) -> SparsePlusRowConstant | np.ndarray:
-    """``log1p`` of counts scaled to ``target_sum`` per cell (scanpy ``normalize_total`` + ``log1p``;
-    ``target_sum=None``: the median library size, as scanpy's default).
+    """``log1p`` of counts scaled to ``target_sum`` per cell (scanpy ``normalize_total`` + ``log1p``).
 
-    Returns the implicit result (sparse, ``c = 0``) or, with ``dense=True``, a NumPy float32 array.
+    Parameters
+    ----------
+    X : array or sparse matrix, shape (n_cells, n_genes)
+        Raw counts (NumPy, SciPy sparse, CuPy or cupyx sparse). Never modified.
+    target_sum : float or None
+        Library size after scaling; None: the median library size of the cells with counts
+        (scanpy's default).
+    device : {"cpu", "cuda", "auto"}
+    dense : bool
+        Return a dense NumPy float32 array (small inputs and tests) instead of the implicit result.
+    batch_size : int, optional
+        Cells per row block (None: automatic).
+
+    Returns
+    -------
+    SparsePlusRowConstant (``c = 0``) or numpy.ndarray of float32, shape (n_cells, n_genes)
     """
     S = transform_implicit(X, "lognorm", device=device, batch_size=batch_size, target_sum=target_sum)
     return S.toarray() if dense else S

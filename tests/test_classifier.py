@@ -336,3 +336,20 @@ def test_novel_protocol_scores_held_out_cells_of_the_known_types():
         # the negatives are cells the classifier never saw: 20% of the other types' cells
         assert row["n_train"] + row["n_known_held_out"] == others
         assert row["n_known_held_out"] == pytest.approx(0.2 * others, abs=1)
+
+
+def test_projection_approach_runs_for_split_protocols():
+    a = labelled(seed=8)
+    pipe = evaluate(a, "type", "split5", device="cpu", min_cells=50, n_components=10, n_splits=2, progress=False)
+    proj = evaluate(a, "type", "split5", approach="projection", device="cpu", min_cells=50, n_splits=2, progress=False)
+    assert (proj["approach"] == "projection").all() and (pipe["approach"] == "pipeline").all()
+    assert proj["accuracy"].min() > 0.9
+    # the projection's own predictions, split by split
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    y = a.obs["type"].astype(str).to_numpy()
+    tr, te = next(StratifiedShuffleSplit(1, test_size=0.2, random_state=0).split(y, y))
+    direct = ScTOPProjection(None, device="cpu").fit(a[tr], "type").predict(a[te])
+    assert proj["accuracy"].iloc[0] == pytest.approx(np.mean(direct == y[te]))
+    novel = evaluate(a, "type", "novel", approach="projection", device="cpu", min_cells=50, progress=False)
+    assert novel["novelty_auroc"].between(0, 1).all()
