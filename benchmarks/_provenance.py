@@ -28,3 +28,51 @@ def git_commit() -> str:
 
 
 git_commit()  # at import: the state the benchmark starts from
+
+
+def environment() -> dict:
+    """Versions of the libraries a benchmark ran with (those imported or importable), the CPU
+    model and core count, and the GPU when CuPy or PyTorch sees one: for every result JSON."""
+    import importlib
+    import importlib.metadata
+    import os
+    import platform
+
+    env: dict = {"python": platform.python_version(), "platform": platform.platform(),
+                 "cpu": _cpu_model(), "cpu_count": os.cpu_count()}
+    for dist in ("gpulin", "numpy", "scipy", "numba", "scikit-learn", "anndata", "scanpy", "sctop", "torch", "cupy-cuda12x",
+                 "cupy-cuda13x", "cupy"):
+        try:
+            env[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    try:
+        cupy = importlib.import_module("cupy")
+        if cupy.is_available():
+            props = cupy.cuda.runtime.getDeviceProperties(0)
+            env["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    except Exception:  # no CuPy, or no driver
+        pass
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def write_json(path: str | Path, record: dict) -> Path:
+    """Write a result JSON (creating its folder), with :func:`environment` added under ``"environment"``."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**record, "environment": environment()}, indent=1))
+    return path

@@ -25,7 +25,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from _provenance import git_commit  # noqa: E402
+from _provenance import git_commit, write_json  # noqa: E402
 
 REFERENCE = {  # pipeline.md section 4 (macro F1, accuracy)
     "baron_human_100": (0.980, 0.986), "baron_mouse_100": (0.981, 0.985),
@@ -179,7 +179,7 @@ def main():
            "machine": platform.platform(), "gpulin": gpulin.__version__,
            "gpulin_commit": git_commit(), "tasks": results}
     path = Path(args.out or HERE / "results" / f"accuracy_{args.device}.json")
-    path.write_text(json.dumps(out, indent=1))
+    write_json(path, out)
     print("\n| task | gpulin F1 / acc | reference F1 / acc (this run) | published F1 | gpulin s | reference s | speedup |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():

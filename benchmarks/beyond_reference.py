@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from _provenance import git_commit  # noqa: E402
+from _provenance import git_commit, write_json  # noqa: E402
 
 #: name -> (preset, overrides)
 VARIANTS = {
@@ -91,7 +91,7 @@ def main() -> None:
            "machine": platform.platform(), "gpulin": gpulin.__version__, "gpulin_commit": git_commit(), "published": PUBLISHED,
            "transfer": transfer, "novel": novel}
     path = Path(args.out or HERE / "results" / f"beyond_reference_{args.device}.json")
-    path.write_text(json.dumps(out, indent=1))
+    write_json(path, out)
     print("\n| variant (overrides of the preset) | human→mouse F1 / acc | mouse→human F1 / acc |")
     print("|---|---|---|")
     print("| published reference (sctop + sklearn) | " + " | ".join(f"{f:.3f} / {a:.3f}" for f, a in PUBLISHED.values()) + " |")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _provenance import git_commit  # noqa: E402
+from _provenance import git_commit, write_json  # noqa: E402
 
 CHILD = r"""
 import json, os, sys, time, warnings
@@ -80,7 +80,7 @@ def main() -> None:
     out = {"benchmark": "omp_wait.py", "command": "python benchmarks/omp_wait.py " + " ".join(sys.argv[1:]),
            "date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
            "gpulin_commit": git_commit(), "n_cells": args.n_cells, "results": rows}
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_json(args.out, out)
     print(f"wrote {args.out}")
 
 

@@ -30,7 +30,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from _provenance import git_commit  # noqa: E402
+from _provenance import git_commit, write_json  # noqa: E402
 
 SETTINGS = [("auto (default)", {}), ("randomized n_iter=6", {"solver": "randomized", "n_iter": 6}),
             ("randomized n_iter=8", {"solver": "randomized", "n_iter": 8}),
@@ -77,7 +77,7 @@ def main() -> None:
     out = {"benchmark": "pca_small_data.py", "command": "python benchmarks/pca_small_data.py " + " ".join(sys.argv[1:]),
            "date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
            "gpulin_commit": git_commit(), "n_components": 50, "rows": rows}
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_json(args.out, out)
     print("\n| dataset (cells x genes) | method | PCA | seconds | max rel. error, 50 variances | variance captured |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from _memory import PeakMemory  # noqa: E402
 from embed_cpu import _csr_bytes  # noqa: E402
-from _provenance import git_commit  # noqa: E402
+from _provenance import git_commit, write_json  # noqa: E402
 
 
 def _measured(fn, sync, repeats, n_cells, csr_bytes, gpu=False, **extra):
@@ -140,7 +140,7 @@ def main() -> None:
            "date": _dt.datetime.now().isoformat(timespec="seconds"), "device": args.device,
            "machine": platform.platform(), "gpulin_commit": git_commit(), "rows": rows, "time_vs_nnz_exponent": fits}
     path = Path(args.out or HERE / "results" / f"throughput_{args.device}{'_quick' if args.quick else ''}.json")
-    path.write_text(json.dumps(out, indent=1))
+    write_json(path, out)
     try:
         import matplotlib
 

@@ -284,6 +284,16 @@ def _grow(a: np.ndarray, cap: int, used: int) -> np.ndarray:
     return out
 
 
+def _cast_counts(counts: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``counts`` as ``dtype``, or a clear error when a count does not fit it exactly (int8 wraps,
+    float16 rounds above 2048)."""
+    top = int(counts.max()) if counts.size else 0
+    limit = np.iinfo(dtype).max if dtype.kind in "iu" else 2 ** (np.finfo(dtype).nmant + 1)
+    if top > limit:
+        raise ValueError(f"dtype={dtype} cannot hold the count {top} exactly (largest: {limit}); use int32 or float32.")
+    return counts.astype(dtype, copy=False)
+
+
 def synthetic_atlas(
     n_cells: int = 20_000,
     n_genes: int = 20_000,
@@ -452,7 +462,7 @@ def synthetic_atlas(
         counts, cols, row_nnz, row_counts = _nb_sampler.sample_block(
             rng, tab, tab_int, model.r, combo[s:e], lib[s:e], n_cand, scratch
         )
-        return counts.astype(dtype, copy=False), cols, row_nnz, row_counts
+        return _cast_counts(counts, dtype), cols, row_nnz, row_counts
 
     # at most `window` blocks (about chunk_size cells) are in flight at once
     window = max(n_jobs, -(-min(chunk_size, n_cells) // block))

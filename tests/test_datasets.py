@@ -356,3 +356,8 @@ def test_load_orthologs_real():
     df = load_orthologs()
     assert {"human.gene.name", "gene.name"} <= set(df.columns)
     assert len(df) == 16597
+
+
+def test_narrow_dtypes_that_cannot_hold_the_counts_are_refused():
+    with pytest.raises(ValueError, match=r"dtype=int8 cannot hold the count \d+ exactly \(largest: 127\)"):
+        synthetic_atlas(300, n_genes=2000, seed=0, dtype=np.int8)

@@ -329,3 +329,20 @@ def test_threaded_tokenization_gives_the_same_result(monkeypatch):
     b = fm.embed(ad, cfg, device="cpu", batch_size=2)
     np.testing.assert_array_equal(a, b)
     fm.clear_cache()
+
+
+def test_embed_checks_counts_and_parameters():
+    X = sp.csr_matrix(np.array([[1.0, 0.0, 3.0], [0.0, 2.0, 1.0]], dtype=np.float32))
+    bad = X.copy()
+    bad.data[0] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        fm.embed(bad, "geneformer-v1-10m", device="cpu")
+    bad.data[0] = -1.0
+    with pytest.raises(ValueError, match="negative"):
+        fm.embed(bad, "geneformer-v1-10m", device="cpu")
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        fm.embed(X, "geneformer-v1-10m", device="cpu", batch_size=0)
+    with pytest.raises(ValueError, match="Unknown device 'tpu'"):
+        fm.embed(X, "geneformer-v1-10m", device="tpu")
+    with pytest.raises(ValueError, match="hidden_layer=6 is out of range"):
+        fm.embed(X, "geneformer-v1-10m", device="cpu", hidden_layer=6)

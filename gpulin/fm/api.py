@@ -84,7 +84,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     name = str(device).lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"Unknown device {device!r}; expected 'cpu', 'cuda' (or 'cuda:N') or 'auto'.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise GPUUnavailableError(
             "device='cuda' was requested but PyTorch sees no CUDA device (torch "
@@ -210,8 +215,11 @@ def embed_with_stats(
     """
     import torch
 
+    from .._validation import check_int
     from .models import FMEncoder, forward_flops
 
+    check_int("batch_size", batch_size, 1, allow_none=True)
+    check_int("seed", seed, 0)
     if isinstance(model, FMEncoder):
         net, cfg = model, model.cfg
         dev = next(net.parameters()).device
@@ -219,6 +227,11 @@ def embed_with_stats(
         cfg = get_config(model)
         dev = resolve_device(device)
         net = load_model(cfg, str(dev), seed)
+    if hidden_layer is not None:
+        check_int("hidden_layer", hidden_layer, -cfg.n_layers)
+        if hidden_layer >= cfg.n_layers:
+            raise ValueError(f"hidden_layer={hidden_layer} is out of range for {cfg.name}'s {cfg.n_layers} layers "
+                             f"(0..{cfg.n_layers - 1}, or negative from the last).")
     X = counts_matrix(adata, layer)
     n = X.shape[0]
     if gene_medians is None and (cfg.tokenizer == "geneformer" or cfg.rank_order):
@@ -292,7 +305,10 @@ def embed(
         forward pass on the longest cells fits in memory (probed once per model and input
         length, catching out-of-memory errors); on CPU 4 (2 for models wider than 512).
     seed : int
-        Seed of the random weights and of the tokenizers' sampling (scGPT subset, UCE).
+        Seed of the random weights and of the tokenizers' sampling (scGPT subset, UCE). The
+        sampling draws one generator per batch (cells sorted by length), so a sampled cell's
+        tokens depend on the batch it falls in: the same call gives the same result, another
+        ``batch_size`` or cell order other samples (the time does not change).
     layer : str, optional
         AnnData layer with the raw counts (default ``X``), as in :func:`gpulin.embed`.
     hidden_layer : int, optional

@@ -225,7 +225,9 @@ class FMEncoder(nn.Module):
         cfg = self.cfg
         counts = None
         if cfg.attention == "count_causal":
-            # TranscriptFormer: input is right-shifted behind [START] (count 1); lengths grow by 1
+            # TranscriptFormer: input is right-shifted behind [START] (count 1); lengths grow by 1,
+            # so a cell filling the whole context loses its last gene (the time is the same: every
+            # cell is padded to the full context)
             ids = torch.cat([torch.full_like(ids[:, :1], _START_ID), ids[:, :-1]], dim=1)
             counts = torch.cat([torch.ones_like(values[:, :1]), values[:, :-1]], dim=1)
             lengths = (lengths + 1).clamp(max=ids.shape[1])
@@ -238,6 +240,9 @@ class FMEncoder(nn.Module):
             x = block(x, attn_mask)
         if self.final_norm is not None and n_run == len(self.blocks):
             x = self.final_norm(x)
+        if self.output_head is not None and cfg.pooling == "cls":
+            # as the published UCE code: the decoder runs on every token and the CLS row is kept
+            return F.normalize(self.output_head(x)[:, 0].float(), dim=-1)
         if cfg.pooling == "cls":
             pooled = x[:, 0]
         else:
@@ -340,11 +345,13 @@ def count_parameters(model_name: str | FMConfig) -> dict[str, int]:
 
 @functools.lru_cache(maxsize=64)
 def matmul_params_per_token(cfg: FMConfig) -> int:
-    """Weights of the per-token matrix multiplications (gene/value MLPs and the blocks)."""
+    """Weights of the per-token matrix multiplications (gene/value MLPs, the blocks, and an output
+    head that runs on every token, as UCE's decoder does)."""
     model = build_model(cfg, device="meta")
     total = 0
+    head_per_token = cfg.pooling == "cls"
     for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and not name.startswith("output_head"):
+        if isinstance(m, nn.Linear) and (head_per_token or not name.startswith("output_head")):
             total += m.weight.numel()
     if isinstance(model.expression_encoder, nn.Module) and hasattr(model.expression_encoder, "bins"):
         total += model.expression_encoder.bins.weight.numel()

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse
 
 from .._backend import CPU
-from .._validation import as_csr
+from .._validation import as_csr, check_counts
 from .configs import FMConfig
 
 PAD_ID = 0
@@ -74,6 +74,11 @@ def counts_matrix(data: Any, layer: str | None = None) -> scipy.sparse.csr_matri
     -------
     scipy.sparse.csr_matrix
         No copy when the input already is canonical CSR.
+
+    Raises
+    ------
+    ValueError
+        Negative or non-finite values (non-integer values warn).
     """
     if hasattr(data, "obs_names") and hasattr(data, "X"):
         X = data.layers[layer] if layer is not None else data.X
@@ -81,7 +86,10 @@ def counts_matrix(data: Any, layer: str | None = None) -> scipy.sparse.csr_matri
         if layer is not None:
             raise ValueError("layer= needs an AnnData input.")
         X = data
-    return as_csr(X, CPU, name="X" if layer is None else f"layers[{layer!r}]")
+    name = "X" if layer is None else f"layers[{layer!r}]"
+    csr = as_csr(X, CPU, name=name)
+    check_counts(csr, CPU, name=name, method="tokenization")  # negative / NaN / inf: a clear error
+    return csr
 
 
 def gene_token_ids(n_genes: int, vocab_size: int, n_special: int) -> np.ndarray:
