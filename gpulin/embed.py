@@ -105,11 +105,9 @@ class LinearEmbedding(TransformerMixin, BaseEstimator):
         See :func:`gpulin.pca.pca`; ``"sklearn"`` gives the subspace of scikit-learn's randomized
         PCA with ``random_state=seed``, and its fit scores are the in-subspace scores, as
         scikit-learn's ``fit_transform`` returns (``transform`` gives ``A @ components.T``).
-        On a few thousand cells the randomized default leaves the trailing components
-        approximate (of 50 components, those past the 14th-25th off by 1-5% in variance on
-        PBMC 3k and Kang);
-        ``"gram"`` is exact there (1.2-3.5x the time), ``n_iter=8`` within 0.53%
-        (``benchmarks/pca_small_data.py``).
+        On small problems the randomized default runs 8 iterations instead of 4 (within 0.53%
+        of the exact variances of 50 components on PBMC 3k and Kang, where 4 left the trailing
+        components 1-5% off); ``"gram"`` is exact (``benchmarks/pca_small_data.py``).
     n_oversamples, n_iter : int, optional
         Randomized SVD parameters (see :func:`gpulin.pca.pca`).
     target_sum : float or None

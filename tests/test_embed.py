@@ -208,7 +208,20 @@ def test_embed_passes_pca_iterations_and_oversamples():
     assert params["n_iter"] == 2 and params["n_oversamples"] == 5
     gpulin.embed(adata, device="cpu", n_components=8, solver="randomized")
     params = adata.uns["X_gpulin"]["params"]
-    assert params["n_iter"] == 4 and params["n_oversamples"] == 10
+    assert params["n_iter"] == 8 and params["n_oversamples"] == 10  # a small problem: 8 iterations
+
+
+def test_default_krylov_iterations_follow_the_cost_of_a_product():
+    from gpulin.pca import default_krylov_iter
+
+    class Op:  # only what the rule reads
+        def __init__(self, n, G, nnz):
+            self.shape = (n, G)
+            self.S = type("S", (), {"nnz": nnz, "n_genes": G})()
+
+    assert default_krylov_iter(Op(2_700, 13_714, 2_300_000), 60) == 8  # PBMC 3k, 50 components
+    assert default_krylov_iter(Op(20_000, 20_000, 21_800_000), 60) == 4  # the 20k benchmark atlas
+    assert default_krylov_iter(Op(2_700, 13_714, 2_300_000), 230) == 4  # 220 components
 
 
 @pytest.mark.parametrize("storage", ["csr", "csc", "dense"])
