@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
 from ._backend import CPU, Backend, is_gpu_array, memory_guard, resolve_backend, to_host
 from ._validation import as_csr, check_batch_size, check_int, check_n_components, check_number
@@ -81,7 +81,7 @@ _REMEDY_PCA = (
 _REMEDY_OTHER = "Pass a smaller batch_size (for example half of it), or use device='cpu'."
 
 
-class LinearEmbedding(TransformerMixin, BaseEstimator):
+class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Linear embedding estimator: ``fit`` on a reference, ``transform`` any query.
 
     A scikit-learn estimator (``get_params``, ``set_params``, ``clone``; a transformer step of a
@@ -170,6 +170,11 @@ class LinearEmbedding(TransformerMixin, BaseEstimator):
         self.device = device
         self.batch_size = batch_size
         self.seed = seed
+
+    @property
+    def _n_features_out(self) -> int:
+        """Output width, for ``get_feature_names_out`` ("linearembedding0", ...)."""
+        return int(self.n_components_)
 
     # -- helpers --------------------------------------------------------------------------------
     def _check_params(self) -> None:

@@ -45,6 +45,12 @@ def test_clone_get_and_set_params():
     assert clone(proj).get_params() == {"unassigned_threshold": 0.2, "min_gene_overlap": 0.5, "device": "cpu"}
 
 
+def test_pandas_output_names_the_components(atlas):
+    est = gpulin.LinearEmbedding(n_components=4, device="cpu").set_output(transform="pandas")
+    Z = est.fit_transform(atlas.X)
+    assert isinstance(Z, pd.DataFrame) and list(Z.columns) == [f"linearembedding{i}" for i in range(4)]
+
+
 def test_pipeline_and_cross_validation_on_count_matrices(atlas):
     X, y = atlas.X, atlas.obs["cell_type"].to_numpy()
     pipe = make_pipeline(gpulin.LinearEmbedding(n_components=10, device="cpu"),
