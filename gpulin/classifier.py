@@ -15,7 +15,7 @@ from ._validation import check_batch_size, check_int, check_number
 from .embed import _matrix_and_genes, align_genes, align_query, check_overlap, check_unique_genes
 from .implicit import GeneScaling, SparsePlusRowConstant, StandardizedOperator
 from .models import LogisticRegression, RidgeClassifier
-from .pca import pca
+from .pca import pca, whitening_divisors
 from .selection import f_classif, select_k_best
 from .transforms import METHODS, transform_implicit
 
@@ -261,8 +261,7 @@ class CellTypeClassifier(ClassifierMixin, BaseEstimator):
     def _whiten(self, scores: Any, xp: Any) -> Any:
         if not self.params["whiten"]:
             return scores
-        ev = np.where(self.explained_variance_ > 0, self.explained_variance_, 1.0)
-        return scores / xp.asarray(np.sqrt(ev).astype(np.float32))[None, :]
+        return scores / xp.asarray(whitening_divisors(self.explained_variance_).astype(np.float32))[None, :]
 
     def _labels(self, proba: np.ndarray, threshold: float | None) -> np.ndarray:
         threshold = self.params["unassigned_threshold"] if threshold is None else threshold

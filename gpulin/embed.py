@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from ._backend import CPU, Backend, is_gpu_array, memory_guard, resolve_backend, to_host
 from ._validation import as_csr, check_batch_size, check_int, check_n_components, check_number
 from .implicit import GeneScaling, StandardizedOperator
-from .pca import PCAResult, pca
+from .pca import PCAResult, pca, whitening_divisors
 from .transforms import METHODS, median_library_size, transform_implicit
 
 
@@ -260,8 +260,7 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     def _finish_scores(self, scores: Any, explained_variance: np.ndarray, backend: Backend) -> Any:
         if not self.whiten:
             return scores
-        ev = np.where(explained_variance > 0, explained_variance, 1.0)
-        return scores / backend.xp.asarray(np.sqrt(ev).astype(np.float32))[None, :]
+        return scores / backend.xp.asarray(whitening_divisors(explained_variance).astype(np.float32))[None, :]
 
     # -- transform ------------------------------------------------------------------------------
     def transform(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
@@ -462,6 +461,14 @@ def embed(
                 "changed), or load it with adata.to_memory() first."
             )
         adata = adata.copy()
+    elif getattr(adata, "isbacked", False) and getattr(adata, "is_view", False):
+        # checked before the work: anndata cannot turn a view of a backed object into one that
+        # takes results ("To copy an AnnData object in backed mode, pass a filename")
+        raise ValueError(
+            "embed() writes its results into adata, and this is a view of a backed AnnData, which "
+            "anndata cannot write into. Load the subset first (adata[...].to_memory()), or use "
+            "gpulin.LinearEmbedding(...).fit_transform(view), which returns the embedding."
+        )
     t0 = time.perf_counter()
     est = LinearEmbedding(
         method,

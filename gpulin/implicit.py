@@ -239,8 +239,13 @@ class GeneScaling:
         mean = s1 / n
         var = xp.maximum(s2 / n - mean * mean, 0.0)
         eps = np.finfo(np.float64).eps
-        # scikit-learn's constant-feature bound, widened by the cancellation error of E[x^2] - mean^2.
-        bound = n * eps * var + (n * mean * eps) ** 2 + 8 * eps * (s2 / n)
+        # scikit-learn's constant-feature bound, widened by the rounding error of s2 / n: s2 is a
+        # sum over the cells of d^2 + 2 d c + c^2 terms that cancel (sctop: d is close to -c),
+        # whose magnitudes add up to at most 4 s2 + 6 sum(c^2) (|d c| <= (d^2 + c^2) / 2 and
+        # d^2 <= 2 x^2 + 2 c^2), and a sum of n terms is off by at most n eps times that. With
+        # identical cells, constant genes had kept variances of ~1e-17 and were scaled up to 1.
+        sum_c2 = float((S.c * S.c).sum())
+        bound = n * eps * var + (n * mean * eps) ** 2 + 8 * eps * (4.0 * s2 + 6.0 * sum_c2)
         constant = var <= bound
         var = xp.where(constant, 0.0, var)
         sd = xp.where(constant, 1.0, xp.sqrt(var)) if scale else xp.ones_like(mean)

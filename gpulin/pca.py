@@ -209,6 +209,21 @@ def _top_eigh(C: Any, k: int, xp: Any) -> tuple[np.ndarray, np.ndarray]:
     return evals[::-1], evecs[:, ::-1]
 
 
+#: Components whose variance is below this fraction of the largest carry only rounding (the data
+#: and the products are float32, the exact path's Gram matrix included: a null direction there
+#: shows ~1e-7 of the top variance): whitening leaves them at zero instead of scaling rounding
+#: noise up to unit variance.
+WHITEN_RTOL = 1e-6
+
+
+def whitening_divisors(explained_variance: np.ndarray) -> np.ndarray:
+    """``sqrt(explained_variance)`` to divide scores by for whitening (scikit-learn's ``whiten``),
+    ``inf`` (a zero score) for components without variance above :data:`WHITEN_RTOL` of the largest."""
+    ev = np.asarray(explained_variance, dtype=np.float64)
+    top = ev.max() if ev.size else 0.0
+    return np.sqrt(np.where(ev > WHITEN_RTOL * top, ev, np.inf))
+
+
 def _flip_signs(components: np.ndarray) -> np.ndarray:
     """Signs (k,) making the largest-|.| entry of each loading row positive (``svd_flip``)."""
     idx = np.argmax(np.abs(components), axis=1)
@@ -339,6 +354,12 @@ def pca(
         safe = np.where(sv > 0, sv, 1.0)
         Ud = xp.asarray(U.astype(np.float32))
         components = np.asarray(to_host(op.rmatmat(Ud))).T / safe[:, None]
+        # Directions without variance (k near the rank) come out as zero or rounding noise: one QR
+        # gives them an orthonormal completion (and the others orthonormal to float64 rounding),
+        # so the loadings are orthonormal, as an SVD's.
+        Q, R = np.linalg.qr(components.T)
+        d = np.sign(np.diag(R))
+        components = (Q * np.where(d == 0, 1.0, d)).T
         signs = _flip_signs(components)
         components *= signs[:, None]
         scores = Ud * xp.asarray((sv * signs).astype(np.float32))

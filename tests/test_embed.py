@@ -240,6 +240,11 @@ def test_backed_anndata_is_read_into_memory(tmp_path, storage, monkeypatch):
     backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
     with pytest.raises(ValueError, match="backed on disk"):
         gpulin.embed(backed, device="cpu", n_components=5, copy=True)
+    with pytest.raises(ValueError, match="view of a backed AnnData"):  # before any work
+        gpulin.embed(backed[:30], device="cpu", n_components=5)
+    np.testing.assert_array_equal(
+        gpulin.LinearEmbedding(n_components=5, device="cpu").fit_transform(backed[:30]),
+        gpulin.LinearEmbedding(n_components=5, device="cpu").fit_transform(a[:30]))
     gpulin.embed(backed, device="cpu", n_components=5)
     np.testing.assert_array_equal(backed.obsm["X_gpulin"], expected)
     backed.file.close()

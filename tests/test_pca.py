@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import gpulin
 from gpulin.implicit import GeneScaling, StandardizedOperator
@@ -409,3 +410,24 @@ def test_pca_device_branches_on_a_strict_cupy_stand_in(solver, shape, sketch_gra
     np.testing.assert_allclose(dev.singular_values, host.singular_values, rtol=1e-4)
     np.testing.assert_allclose(np.abs(np.sum(dev.components * host.components, axis=1)), 1.0, atol=1e-4)
     np.testing.assert_allclose(dev.scores.get(), host.scores, atol=2e-3 * np.abs(host.scores).max())
+
+
+def test_degenerate_inputs_identical_cells_null_directions_and_whitening():
+    """Identical cells: every gene is constant, so nothing has variance (sctop's s2 cancels terms
+    of size c^2: the constant-gene test allows for it). Components past the rank: orthonormal
+    loadings; whitening leaves them at zero instead of scaling rounding noise up."""
+    rng = np.random.default_rng(0)
+    row = rng.poisson(1.0, size=(1, 300)).astype(np.float32)
+    for n in (1, 100):
+        est = gpulin.LinearEmbedding("sctop", 1 if n == 1 else 5, device="cpu")
+        Z = est.fit_transform(sp.csr_matrix(np.repeat(row, n, axis=0)))
+        assert (est.var_ == 0).all() and est.explained_variance_ratio_.sum() == 0.0
+        assert np.abs(Z).max() < 1e-6
+    X = sp.csr_matrix(rng.poisson(1.0, size=(50, 200)).astype(np.float32))
+    est = gpulin.LinearEmbedding("sctop", 50, solver="gram", whiten=True, device="cpu")
+    Z = est.fit_transform(X)
+    C = est.components_
+    np.testing.assert_allclose(C @ C.T, np.eye(50), atol=1e-10)  # the 50th direction has no variance
+    assert est.explained_variance_ratio_.sum() <= 1 + 1e-6
+    np.testing.assert_allclose(Z[:, -1], 0.0)  # whitened to zero, not to noise of unit variance
+    np.testing.assert_allclose(est.transform(X)[:, -1], 0.0)
