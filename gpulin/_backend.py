@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -214,6 +215,30 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     return type(exc).__module__.startswith("cupy") and any(s in str(exc) for s in _LIBRARY_ALLOCATION_FAILURES)
+
+
+def releases_memory(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for public entry points: when a :class:`DeviceMemoryError` leaves ``fn``, the
+    frames it passed through (``fn``'s and those below, all returned by then) have their locals
+    cleared, and CuPy's cached blocks are freed, so the transformed matrix and the other
+    intermediates are released while the caller handles the error (:func:`memory_guard` can only
+    clear the frames below the one that runs it)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DeviceMemoryError as exc:
+            for err in (exc, exc.__cause__):
+                tb = getattr(err, "__traceback__", None)
+                if tb is not None:
+                    traceback.clear_frames(tb)  # this frame is running: clear_frames skips it
+            cupy = sys.modules.get("cupy")
+            if cupy is not None:
+                cupy.get_default_memory_pool().free_all_blocks()
+            raise
+
+    return wrapper
 
 
 @contextlib.contextmanager

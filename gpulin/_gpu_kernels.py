@@ -32,7 +32,7 @@ extern "C" __global__ void scatter_rows(const int* __restrict__ indptr, const in
     const long long r = row0 + row;
     const long long stop = indptr[r + 1];  // 64-bit: p + 32 must not overflow near 2^31
     float* dst = out + row * n_cols;
-    for (long long p = indptr[r] + lane; p < stop; p += 32) atomicAdd(dst + indices[p], data[p]);  // duplicates sum, as in SciPy
+    for (long long p = (long long)indptr[r] + lane; p < stop; p += 32) atomicAdd(dst + indices[p], data[p]);  // duplicates sum, as in SciPy
 }
 """
 
@@ -55,7 +55,7 @@ extern "C" __global__ void row_sums_{name}(const {ctype}* __restrict__ values, c
     if (row >= n_rows) return;  // whole warps leave together
     double s = 0.0;
     const long long stop = indptr[row + 1];
-    for (long long p = indptr[row] + lane; p < stop; p += 32) s += (double)values[p];
+    for (long long p = (long long)indptr[row] + lane; p < stop; p += 32) s += (double)values[p];
     for (int offset = 16; offset > 0; offset >>= 1) s += __shfl_down_sync(0xffffffffu, s, offset);
     if (lane == 0) out[row] = s;
 }}

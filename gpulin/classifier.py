@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from ._backend import CPU, is_gpu_array, memory_guard, resolve_backend, to_host
+from ._backend import CPU, is_gpu_array, memory_guard, releases_memory, resolve_backend, to_host
 from ._validation import check_batch_size, check_int, check_number
 from .embed import _matrix_and_genes, align_genes, align_query, check_overlap, check_unique_genes
 from .implicit import GeneScaling, SparsePlusRowConstant, StandardizedOperator
@@ -122,11 +122,14 @@ class CellTypeClassifier(ClassifierMixin, BaseEstimator):
         Smallest fraction of the training genes a query must contain (default 0.5).
     """
 
+    #: Parameters every preset shares, with their defaults.
+    _EXTRA_DEFAULTS: dict[str, Any] = {"seed": 0, "batch_size": None, "unassigned_threshold": None, "min_gene_overlap": 0.5}
+
     def __init__(self, preset: str = "souza-mehta-2026", *, device: str = "auto", **overrides: Any) -> None:
         if preset not in PRESETS:
             raise ValueError(f"Unknown preset {preset!r}; expected one of {list(PRESETS)}.")
         params = dict(PRESETS[preset])
-        extra = {"seed": 0, "batch_size": None, "unassigned_threshold": None, "min_gene_overlap": 0.5}
+        extra = dict(self._EXTRA_DEFAULTS)
         unknown = set(overrides) - set(params) - set(extra)
         if unknown:
             raise TypeError(f"Unknown parameter(s) {sorted(unknown)} for CellTypeClassifier.")
@@ -153,7 +156,11 @@ class CellTypeClassifier(ClassifierMixin, BaseEstimator):
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's arguments: ``preset``, ``device`` and the overrides given."""
-        return {"preset": self.preset, "device": self.device, **self._overrides}
+        overrides = self.__dict__.get("_overrides")
+        if overrides is None:  # pickled before get_params existed: the parameters that differ from the preset
+            defaults = {**PRESETS[self.preset], **self._EXTRA_DEFAULTS}
+            overrides = {k: v for k, v in self.params.items() if k not in defaults or defaults[k] != v}
+        return {"preset": self.preset, "device": self.device, **overrides}
 
     def set_params(self, **params: Any) -> "CellTypeClassifier":
         """Change constructor arguments (checked as the constructor checks them)."""
@@ -163,6 +170,7 @@ class CellTypeClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     # -- public API ------------------------------------------------------------------------------
+    @releases_memory
     def fit(self, adata: Any, labels: Any, *, layer: str | None = None) -> "CellTypeClassifier":
         """Fit on the cells of ``adata`` (AnnData, or a cells x genes count matrix).
 
@@ -175,6 +183,7 @@ class CellTypeClassifier(ClassifierMixin, BaseEstimator):
         self.var_names_ = None if genes is None else np.asarray(genes).astype(str)
         return self.fit_transformed(S, y)
 
+    @releases_memory
     def predict_proba(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
         """Class probabilities (n_cells, n_classes); for ridge, a softmax of the decision values."""
         return self.predict_proba_transformed(self._query(adata, layer))
@@ -195,6 +204,7 @@ class CellTypeClassifier(ClassifierMixin, BaseEstimator):
     def _transform(self, X: Any) -> SparsePlusRowConstant:
         return transform_implicit(X, self.params["method"], device=self.backend_, batch_size=self.params["batch_size"])
 
+    @releases_memory
     def fit_transformed(self, S: SparsePlusRowConstant, y: Any) -> "CellTypeClassifier":
         """Fit from an already transformed training matrix ``S`` and labels ``y``."""
         self.backend_ = S.backend
@@ -240,6 +250,7 @@ class CellTypeClassifier(ClassifierMixin, BaseEstimator):
         xp = S.backend.xp
         return self._whiten(op.matmat(xp.asarray(self.components_.T.astype(np.float32))), xp)
 
+    @releases_memory
     def predict_proba_transformed(self, S: SparsePlusRowConstant) -> np.ndarray:
         with memory_guard(S.backend, f"predicting {S.shape[0]:,} cells", _REMEDY):
             return self._predict_proba_transformed(S)
@@ -295,6 +306,8 @@ class ScTOPProjection(ClassifierMixin, BaseEstimator):
     device : {"cpu", "cuda", "auto"}
     """
 
+    min_gene_overlap: float = 0.5  # (objects pickled before the parameter existed)
+
     def __init__(self, unassigned_threshold: float | None = 0.1, *, min_gene_overlap: float = 0.5, device: str = "auto") -> None:
         check_number("unassigned_threshold", unassigned_threshold, -np.inf, allow_none=True)
         check_number("min_gene_overlap", min_gene_overlap, 0.0, 1.0)
@@ -302,9 +315,13 @@ class ScTOPProjection(ClassifierMixin, BaseEstimator):
         self.min_gene_overlap = min_gene_overlap
         self.device = device
 
+    @releases_memory
     def fit(self, adata: Any, labels: Any, *, layer: str | None = None) -> "ScTOPProjection":
         """Build the basis from ``adata`` (AnnData, or a cells x genes count matrix) and ``labels``
         (an obs column name, or the labels themselves)."""
+        # set_params bypasses the constructor's checks
+        check_number("unassigned_threshold", self.unassigned_threshold, -np.inf, allow_none=True)
+        check_number("min_gene_overlap", self.min_gene_overlap, 0.0, 1.0)
         y = labels_of(adata, labels)
         X, genes = _matrix_and_genes(adata, layer)
         if genes is not None:
@@ -335,6 +352,7 @@ class ScTOPProjection(ClassifierMixin, BaseEstimator):
         self.classes_ = classes
         return self
 
+    @releases_memory
     def order_parameters(self, adata: Any, *, layer: str | None = None) -> pd.DataFrame:
         """Order parameters (n_cells x n_types) of the query cells, over the shared genes."""
         if not hasattr(self, "basis_"):
@@ -367,6 +385,11 @@ class ScTOPProjection(ClassifierMixin, BaseEstimator):
         a = self.order_parameters(adata, layer=layer).to_numpy()
         thr = self.unassigned_threshold if unassigned_threshold == -np.inf else unassigned_threshold
         return _assign(np.asarray(self.classes_), a, thr)
+
+    def score(self, adata: Any, labels: Any, *, layer: str | None = None) -> float:
+        """Accuracy on ``adata`` against ``labels`` (an obs column name, or the labels); cells
+        below ``unassigned_threshold`` count as wrong."""
+        return float(np.mean(self.predict(adata, layer=layer) == labels_of(adata, labels)))
 
     def novelty_score(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
         """Negative top order parameter: higher for cells unlike every basis type."""

@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
-from ._backend import CPU, Backend, is_gpu_array, memory_guard, resolve_backend, to_host
+from ._backend import CPU, Backend, is_gpu_array, memory_guard, releases_memory, resolve_backend, to_host
 from ._validation import as_csr, check_batch_size, check_int, check_n_components, check_number
 from .implicit import GeneScaling, StandardizedOperator
 from .pca import PCAResult, pca, whitening_divisors
@@ -197,12 +197,14 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         )
 
     # -- fit ------------------------------------------------------------------------------------
+    @releases_memory
     def fit(self, adata: Any, y: Any = None, *, layer: str | None = None) -> "LinearEmbedding":
         """Fit on the cells of ``adata`` (AnnData, or a cells x genes matrix of counts); ``y`` is
         ignored (scikit-learn's transformer signature)."""
         self._fit(adata, layer=layer)
         return self
 
+    @releases_memory
     def fit_transform(self, adata: Any, y: Any = None, *, layer: str | None = None) -> np.ndarray:
         """Fit and return the training scores, (n_cells, n_components) float32 on the host."""
         return to_host(self._fit(adata, layer=layer))
@@ -263,6 +265,7 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         return scores / backend.xp.asarray(whitening_divisors(explained_variance).astype(np.float32))[None, :]
 
     # -- transform ------------------------------------------------------------------------------
+    @releases_memory
     def transform(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
         """Embed new cells with the fitted reference: (n_cells, n_components) float32 on the host.
 
@@ -390,6 +393,7 @@ def _matrix_and_genes(adata: Any, layer: str | None) -> tuple[Any, Any]:
     return adata, None
 
 
+@releases_memory
 def embed(
     adata: Any,
     *,

@@ -31,8 +31,8 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from .classifier import CellTypeClassifier, ScTOPProjection, _assign, labels_of
-from ._backend import get_backend, resolve_backend
+from .classifier import PRESETS, CellTypeClassifier, ScTOPProjection, _assign, labels_of
+from ._backend import get_backend, releases_memory, resolve_backend
 from .embed import _matrix_and_genes
 from .transforms import transform_implicit
 
@@ -228,6 +228,7 @@ def _progress(it, total: int, desc: str, show: bool):
         return it
 
 
+@releases_memory
 def evaluate(
     adata: Any,
     label_key: str,
@@ -295,7 +296,8 @@ def evaluate(
     table = _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ortholog_cols, approach,
                       preset, device, min_cells, n_splits, group_key, progress, classifier_params)
     if out_dir is not None:
-        write_report(table, out_dir, title=f"{protocol} {label_key} ({approach})")
+        written = write_report(table, out_dir, title=f"{protocol} {label_key} ({approach})")
+        table.attrs["files_written"] = [str(p) for p in written]
     return table
 
 
@@ -319,7 +321,8 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
     t0 = time.perf_counter()
     # The pipeline's transform is per cell: once per dataset, rows taken per split. The projection
     # averages raw counts per type, so it works from the counts of each split.
-    S = transform_implicit(X, classifier_params.get("method", "sctop"), device=backend) if approach == "pipeline" else None
+    method = classifier_params.get("method", PRESETS[preset]["method"]) if preset in PRESETS else "sctop"
+    S = transform_implicit(X, method, device=backend) if approach == "pipeline" else None
     t_transform = time.perf_counter() - t0
 
     def fit_predict(tr: np.ndarray, te: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -330,6 +333,8 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
         clf = CellTypeClassifier(preset, device=backend, **classifier_params).fit_transformed(S.take_rows(tr), y[tr])
         return clf.predict_proba_transformed(S.take_rows(te)), np.asarray(clf.classes_)
 
+    # as CellTypeClassifier.predict: cells below unassigned_threshold (when given) are "unassigned"
+    threshold = classifier_params.get("unassigned_threshold") if approach == "pipeline" else None
     rows = []
     if protocol == "novel":
         types = [t for t in np.unique(y)]
@@ -341,7 +346,8 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
             others = np.flatnonzero(y != t)
             # Negatives are held-out cells of the known types (a stratified 20%), never training
             # cells: the classifier is more confident on the cells it was fitted on.
-            fit, held = next(StratifiedShuffleSplit(1, test_size=0.2, random_state=0).split(others, y[others]))
+            fit, held = next(StratifiedShuffleSplit(1, test_size=_held_out_share(y[others]), random_state=0)
+                             .split(others, y[others]))
             tr, te = others[fit], np.concatenate([np.flatnonzero(y == t), others[held]])
             proba, _ = fit_predict(tr, te)
             novelty = 1.0 - proba.max(axis=1)
@@ -359,7 +365,7 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
     for name, tr, te in _progress(splits, len(splits), protocol, progress):
         t1 = time.perf_counter()
         proba, classes = fit_predict(tr, te)
-        pred = _assign(classes, proba, None)
+        pred = _assign(classes, proba, threshold)
         pooled_true.append(y[te])
         pooled_pred.append(pred)
         rows.append({"split": name, "n_train": len(tr), "n_test": len(te),
@@ -394,7 +400,9 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
         )
     if query_label_key not in query.obs:
         raise KeyError(f"Label column {query_label_key!r} not in query.obs; columns: {list(query.obs.columns)}.")
-    labelled = query.obs[query_label_key].notna().to_numpy()  # unlabelled query cells: predicted, not scored
+    labelled = query.obs[query_label_key].notna().to_numpy()  # unlabelled query cells are left out
+    if not labelled.any():
+        raise ValueError(f"No query cell has a label in query.obs[{query_label_key!r}].")
     ref, query = ref[:, shared], query[labelled][:, shared]
     t1 = time.perf_counter()
     if approach == "projection":
@@ -415,6 +423,20 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
            **classification_metrics(yq[on_shared], pred[on_shared], proba[on_shared], np.asarray(clf.classes_)),
            "seconds": time.perf_counter() - t1}
     return _with_pooled(pd.DataFrame([row]).assign(protocol="transfer"), [yq[on_shared]], [pred[on_shared]])
+
+
+def _held_out_share(y: np.ndarray) -> float:
+    """Share of the known types' cells held out as the novel protocol's negatives: 20%, or enough
+    for one cell of every type; each type needs two cells (one to train on, one held out)."""
+    types, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError(f"protocol='novel' needs at least 2 cells of every type; {types[counts.argmin()]!r} has "
+                         f"{counts.min()} (raise min_cells).")
+    share = max(0.2, len(types) / len(y))
+    if share > 0.5:
+        raise ValueError(f"protocol='novel': {len(types)} types with {len(y)} cells leave too few to train on "
+                         "after holding out one cell of each (raise min_cells).")
+    return share
 
 
 def _softmax(a: np.ndarray) -> np.ndarray:
@@ -473,8 +495,7 @@ def _cli(args: argparse.Namespace) -> int:
     if "per_class" in table.attrs:
         print("\nper class (pooled over splits):\n" + pooled_per_class(table).round(3).to_string())
     if args.out_dir:
-        written = sorted(p.name for p in Path(args.out_dir).iterdir()
-                         if p.name in ("metrics.csv", "metrics.json", "per_class.csv", "confusion.csv", "confusion.png"))
+        written = [Path(p).name for p in table.attrs.get("files_written", [])]
         print(f"wrote {', '.join(written)} in {args.out_dir}")
     if args.out:
         out = Path(args.out)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse
 
-from ._backend import CPU, Backend, get_backend, is_gpu_array, memory_guard, to_host
+from ._backend import CPU, Backend, get_backend, is_gpu_array, memory_guard, releases_memory, to_host
 from ._validation import as_csr, check_batch_size, check_counts, check_number
 from ._gpu_kernels import csr_row_sums
 from .implicit import SparsePlusRowConstant, _row_ids, cpu_workers
@@ -210,6 +210,7 @@ def _lognorm_block(blk: Any, target_sum: float, backend: Backend) -> tuple[Any, 
 # ---------------------------------------------------------------------------------------------
 # Public entry points
 # ---------------------------------------------------------------------------------------------
+@releases_memory
 def transform_implicit(
     X: Any,
     method: str = "sctop",

@@ -353,3 +353,37 @@ def test_projection_approach_runs_for_split_protocols():
     assert proj["accuracy"].iloc[0] == pytest.approx(np.mean(direct == y[te]))
     novel = evaluate(a, "type", "novel", approach="projection", device="cpu", min_cells=50, progress=False)
     assert novel["novelty_auroc"].between(0, 1).all()
+
+
+def test_evaluate_follows_the_preset_method_and_threshold(monkeypatch):
+    import gpulin.evaluation as evaluation_module
+
+    a = labelled(seed=9)
+    kw = dict(device="cpu", min_cells=50, n_splits=2, progress=False)
+    methods = []
+    transform = evaluation_module.transform_implicit
+    monkeypatch.setattr(evaluation_module, "transform_implicit",
+                        lambda X, method, **k: methods.append(method) or transform(X, method, **k))
+    evaluate(a, "type", "split5", preset="lognorm-ridge", **kw)
+    evaluate(a, "type", "split5", preset="lognorm-ridge", method="sctop", **kw)
+    evaluate(a, "type", "split5", **kw)
+    assert methods == ["lognorm", "sctop", "sctop"]  # the preset's transform, unless overridden
+    strict = evaluate(a, "type", "split5", unassigned_threshold=0.999999, n_components=10, **kw)
+    assert "unassigned" in pooled_confusion(strict).columns  # as CellTypeClassifier.predict
+
+
+def test_projection_scores_and_checks_parameters_set_later():
+    a = labelled(seed=10)
+    a.obs["code"] = a.obs["type"].str[1:].astype(int)
+    proj = ScTOPProjection(device="cpu").fit(a, "code")
+    assert 0.9 < proj.score(a, "code") == proj.score(a, a.obs["code"].to_numpy()) <= 1.0
+    with pytest.raises(ValueError, match="min_gene_overlap"):
+        ScTOPProjection(device="cpu").set_params(min_gene_overlap=5.0).fit(a, "code")
+
+
+def test_novel_protocol_holds_out_one_cell_of_each_small_type():
+    rng = np.random.default_rng(0)
+    a = labelled(n=400, seed=11)
+    a.obs["fine"] = [f"{t}_{i}" for t, i in zip(a.obs["type"], rng.integers(0, 20, size=400))]  # 80 small types
+    table = evaluate(a, "fine", "novel", device="cpu", min_cells=4, n_components=5, progress=False)
+    assert table["novelty_auroc"].between(0, 1).all()

@@ -91,3 +91,15 @@ def test_evaluate_takes_a_preset_and_checks_out_before_running(tmp_path, capsys,
 def test_demo_with_one_component(capsys):
     assert main(["demo", "--device", "cpu", "--n-cells", "500", "--n-genes", "200", "--n-components", "1"]) == 0
     assert "one component: no scatter plot" in capsys.readouterr().out
+
+
+def test_evaluate_announces_only_the_files_it_wrote(tmp_path, capsys):
+    adata = synthetic_atlas(n_cells=700, n_genes=250, seed=6)
+    path = tmp_path / "atlas.h5ad"
+    adata.write_h5ad(path)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "per_class.csv").touch()  # stale, from another run
+    assert main(["evaluate", str(path), "--label", "cell_type", "--protocol", "novel", "--device", "cpu",
+                 "--min-cells", "20", "--out-dir", str(out_dir)]) == 0
+    assert "wrote metrics.csv, metrics.json in" in capsys.readouterr().out

@@ -129,3 +129,26 @@ def test_on_a_gpu_the_pool_is_released_and_host_failures_say_host():
         with memory_guard(cuda, "in a step", "x"):
             raise MemoryError("Unable to allocate 8.0 GiB")  # NumPy, during a GPU run
     assert released == [True, True]
+
+
+def test_the_transformed_matrix_is_released_while_the_error_is_handled(atlas, monkeypatch):
+    """The frame that holds the transformed matrix (the estimator's fit) is running when the guard
+    re-raises; the public entry point clears it once the error leaves it."""
+    embed_module = importlib.import_module("gpulin.embed")
+    refs = []
+    transform = embed_module.LinearEmbedding._transform_counts
+
+    def keep_a_ref(self, X, backend):
+        S = transform(self, X, backend)
+        refs.append(weakref.ref(S))
+        return S
+
+    monkeypatch.setattr(embed_module.LinearEmbedding, "_transform_counts", keep_a_ref)
+    monkeypatch.setattr(embed_module, "pca", _out_of_memory)
+    try:
+        gpulin.embed(atlas, device="cpu", n_components=5)
+    except DeviceMemoryError:
+        gc.collect()
+        assert refs and refs[0]() is None  # a retry (smaller n_components, say) would have the memory
+    else:
+        pytest.fail("no DeviceMemoryError")
