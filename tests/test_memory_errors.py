@@ -8,7 +8,6 @@ import importlib
 import weakref
 
 import anndata as ad
-import numpy as np
 import pytest
 
 import gpulin
