@@ -415,12 +415,16 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
         proba = clf.predict_proba(query)
         pred = clf._labels(proba, None)
     yq = labels_of(query, query_label_key)
-    on_shared = np.isin(yq, clf.classes_)
+    classes = np.asarray(clf.classes_)
+    if (yq.dtype.kind in "biuf") != (classes.dtype.kind in "biuf"):  # e.g. 1 in the reference, "1" in the query
+        yq, classes = yq.astype(str), classes.astype(str)
+        pred = pred.astype(str)
+    on_shared = np.isin(yq, classes)
     if not on_shared.any():
         raise ValueError("Reference and query share no cell-type labels.")
     row = {"split": "transfer", "approach": approach, "n_shared_genes": len(shared), "n_test": int(on_shared.sum()),
-           "n_unlabelled": int((~labelled).sum()), "shared_types": int(len(np.intersect1d(clf.classes_, yq))),
-           **classification_metrics(yq[on_shared], pred[on_shared], proba[on_shared], np.asarray(clf.classes_)),
+           "n_unlabelled": int((~labelled).sum()), "shared_types": int(len(np.intersect1d(classes, yq))),
+           **classification_metrics(yq[on_shared], pred[on_shared], proba[on_shared], classes),
            "seconds": time.perf_counter() - t1}
     return _with_pooled(pd.DataFrame([row]).assign(protocol="transfer"), [yq[on_shared]], [pred[on_shared]])
 

@@ -387,3 +387,12 @@ def test_novel_protocol_holds_out_one_cell_of_each_small_type():
     a.obs["fine"] = [f"{t}_{i}" for t, i in zip(a.obs["type"], rng.integers(0, 20, size=400))]  # 80 small types
     table = evaluate(a, "fine", "novel", device="cpu", min_cells=4, n_components=5, progress=False)
     assert table["novelty_auroc"].between(0, 1).all()
+
+
+def test_transfer_matches_integer_and_string_labels():
+    a = labelled(seed=12)
+    a.obs["code"] = a.obs["type"].str[1:].astype(int)
+    ref, query = a[:200].copy(), a[200:].copy()
+    query.obs["code"] = query.obs["code"].astype(str)  # 1 in the reference, "1" in the query
+    t = evaluate(ref, "code", "transfer", query=query, device="cpu", min_cells=20, n_components=10)
+    assert t["accuracy"].iloc[0] > 0.9

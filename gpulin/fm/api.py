@@ -87,9 +87,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"Unknown device {device!r}; expected 'cpu', 'cuda' (or 'cuda:N') or 'auto'.")
+        raise ValueError(f"Unknown device {device!r}; expected 'cpu', 'cuda' (or 'cuda:N'), 'auto', "
+                         "or another PyTorch device type.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise GPUUnavailableError(
             "device='cuda' was requested but PyTorch sees no CUDA device (torch "
