@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ._backend import CPU, is_gpu_array, memory_guard, releases_memory, resolve_backend, to_host
 from ._validation import check_batch_size, check_int, check_number
-from .embed import _matrix_and_genes, align_genes, align_query, check_overlap, check_unique_genes
+from .embed import _matrix_and_genes, align_genes, align_query, check_overlap, check_unique_genes, warn_duplicated_genes
 from .implicit import GeneScaling, SparsePlusRowConstant, StandardizedOperator
 from .models import LogisticRegression, RidgeClassifier
 from .pca import pca, whitening_divisors
@@ -181,6 +181,7 @@ class CellTypeClassifier(ClassifierMixin, BaseEstimator):
         self.backend_ = resolve_backend(self.device, X)
         S = self._transform(X)
         self.var_names_ = None if genes is None else np.asarray(genes).astype(str)
+        warn_duplicated_genes(self.var_names_)
         return self.fit_transformed(S, y)
 
     @releases_memory

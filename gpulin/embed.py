@@ -237,6 +237,7 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         scores = self._finish_scores(res.scores, res.explained_variance, backend)
         self.backend_ = backend
         self.var_names_ = None if var_names is None else np.asarray(var_names).astype(str)
+        warn_duplicated_genes(self.var_names_)
         self.mean_ = np.asarray(to_host(scaling.mean))
         self.scale_ = np.asarray(to_host(scaling.scale))
         self.var_ = np.asarray(to_host(scaling.var))
@@ -334,11 +335,16 @@ def gene_mask(adata: Any, mask_var: Any, n_genes: int) -> np.ndarray:
     return values.copy()
 
 
+def _duplicated(genes: np.ndarray) -> np.ndarray:
+    """The gene names that occur more than once (sorted)."""
+    names, counts = np.unique(genes, return_counts=True)
+    return names[counts > 1]
+
+
 def check_unique_genes(genes: np.ndarray, whose: str, among: str = "") -> None:
     """A clear error when gene names repeat (which column would a query gene go to?)."""
-    names, counts = np.unique(genes, return_counts=True)
-    if counts.size and counts.max() > 1:
-        dup = names[counts > 1]
+    dup = _duplicated(genes)
+    if dup.size:
         raise ValueError(
             f"{whose[0].upper() + whose[1:]} has {len(dup)} duplicated gene name(s){among} (e.g. "
             f"{', '.join(map(repr, dup[:3].tolist()))}); make them unique first (adata.var_names_make_unique())."
@@ -353,6 +359,22 @@ def check_overlap(n_shared: int, n_ref: int, n_query: int, min_overlap: float, r
             f"the query (which has {n_query} genes); at least {100 * min_overlap:.0f}% are required "
             "(min_gene_overlap). Check that both use the same gene identifiers (symbols vs Ensembl IDs, "
             "species: see gpulin.map_orthologs)."
+        )
+
+
+def warn_duplicated_genes(genes: np.ndarray | None) -> None:
+    """A warning at fit time when reference gene names repeat: queries are aligned by name, which
+    then fails (clearly) unless the query has the very same genes in the same order."""
+    dup = _duplicated(genes) if genes is not None else np.empty(0)
+    if dup.size:
+        import warnings
+
+        warnings.warn(
+            f"The training data has {len(dup)} duplicated gene name(s) (e.g. {', '.join(map(repr, dup[:3].tolist()))}): "
+            "queries with other genes or another gene order cannot be aligned to it by name. Make them "
+            "unique first (adata.var_names_make_unique()).",
+            UserWarning,
+            stacklevel=3,
         )
 
 

@@ -89,6 +89,10 @@ def test_duplicated_gene_names(atlas):
     dup.var_names = [*atlas.var_names[:-1], atlas.var_names[0]]
     with pytest.raises(ValueError, match="reference has 1 duplicated gene name"):
         gpulin.ScTOPProjection(device="cpu").fit(dup, "cell_type")
+    with pytest.warns(UserWarning, match="1 duplicated gene name"):
+        gpulin.CellTypeClassifier(device="cpu", n_components=10).fit(dup, "cell_type")
+    with pytest.warns(UserWarning, match="1 duplicated gene name"):
+        gpulin.LinearEmbedding(n_components=5, device="cpu").fit(dup)
     clf = gpulin.CellTypeClassifier(device="cpu", n_components=10).fit(atlas, "cell_type")
     query = atlas.copy()
     query.var_names = [*atlas.var_names[:-1], "not_a_reference_gene"]
