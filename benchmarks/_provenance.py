@@ -1,4 +1,4 @@
-"""The gpulin commit a benchmark ran at, for its JSON (``"gpulin_commit"``)."""
+"""Provenance for every benchmark JSON: the gpulin commit it ran at, library versions, the CPU and GPU."""
 
 from __future__ import annotations
 
@@ -31,15 +31,15 @@ git_commit()  # at import: the state the benchmark starts from
 
 
 def environment() -> dict:
-    """Versions of the libraries a benchmark ran with (those imported or importable), the CPU
-    model and core count, and the GPU when CuPy or PyTorch sees one: for every result JSON."""
+    """The commit (:func:`git_commit`), the versions of the libraries installed here, the CPU
+    model and core count, and the GPU when CuPy sees one: a result JSON's ``"versions"``."""
     import importlib
     import importlib.metadata
     import os
     import platform
 
-    env: dict = {"python": platform.python_version(), "platform": platform.platform(),
-                 "cpu": _cpu_model(), "cpu_count": os.cpu_count()}
+    env: dict = {"gpulin_commit": git_commit(), "python": platform.python_version(), "platform": platform.platform(),
+                 "cpu": cpu_model(), "cpu_count": os.cpu_count()}
     for dist in ("gpulin", "numpy", "scipy", "numba", "scikit-learn", "anndata", "scanpy", "sctop", "torch", "cupy-cuda12x",
                  "cupy-cuda13x", "cupy"):
         try:
@@ -56,7 +56,8 @@ def environment() -> dict:
     return env
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -69,10 +70,11 @@ def _cpu_model() -> str:
 
 
 def write_json(path: str | Path, record: dict) -> Path:
-    """Write a result JSON (creating its folder), with :func:`environment` added under ``"environment"``."""
+    """Write a result JSON (creating its folder), its ``"versions"`` completed by :func:`environment`."""
     import json
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**record, "environment": environment()}, indent=1))
+    record = {**record, "versions": {**environment(), **record.get("versions", {})}}
+    path.write_text(json.dumps(record, indent=1, default=float))
     return path

@@ -30,7 +30,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from _provenance import git_commit, write_json  # noqa: E402
+from _provenance import write_json  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +44,6 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    import gpulin
     from gpulin.classifier import CellTypeClassifier
     from gpulin.datasets import synthetic_atlas
     from gpulin.evaluation import classification_metrics
@@ -74,7 +73,7 @@ def main() -> None:
     yt = test.obs["cell_type"].astype(str).to_numpy()
     metrics = classification_metrics(yt, pred, proba, np.asarray(clf.classes_))
     fit_med, pred_med = statistics.median(fit_s), statistics.median(pred_s)
-    versions = {"gpulin": gpulin.__version__, "gpulin_commit": git_commit(), "numpy": np.__version__, "python": platform.python_version()}
+    versions: dict = {}  # write_json adds the commit, library versions, CPU and GPU
     device_name = f"cpu ({platform.processor() or platform.machine()})"
     if args.device == "cuda":
         import cupy

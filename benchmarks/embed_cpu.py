@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from _memory import PeakMemory, rss_bytes  # noqa: E402
-from _provenance import git_commit, write_json  # noqa: E402
+from _provenance import environment, write_json  # noqa: E402
 
 
 def _rss_peak_bytes() -> int:
@@ -168,27 +168,8 @@ def subspace_agreement(a, b, k: int = 10) -> float:
 
 
 def versions() -> dict:
-    import anndata
-    import scipy
-    import sklearn
-
-    import gpulin
-
-    out = {
-        "python": platform.python_version(),
-        "gpulin": gpulin.__version__,
-        "gpulin_commit": git_commit(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "scikit-learn": sklearn.__version__,
-        "anndata": anndata.__version__,
-    }
-    for name in ("numba", "scanpy", "sctop", "cupy"):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception:
-            pass
-    return out
+    """The run's provenance (:func:`_provenance.environment`)."""
+    return environment()
 
 
 def write_atlas(n_cells: int, n_genes: int, tmp: Path) -> str:
@@ -303,7 +284,7 @@ def main() -> None:
             print(json.dumps({k: v for k, v in entry.items() if k not in ("gpulin",)}, indent=1, default=str)[:1500])
             print(f"  gpulin {ours['seconds']:.2f} s, stages {ours['stages']}", flush=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out_path, json.loads(json.dumps(result, default=float)))
+    write_json(out_path, result)
     print(f"wrote {out_path}")
 
 

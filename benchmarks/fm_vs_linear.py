@@ -35,7 +35,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -47,7 +46,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from _provenance import git_commit  # noqa: E402
+from _provenance import cpu_model, environment  # noqa: E402
 
 import gpulin  # noqa: E402
 import gpulin.fm as fm  # noqa: E402
@@ -76,48 +75,19 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def device_description(device: str) -> str:
     import torch
 
     if device == "cuda":
         return f"cuda: {torch.cuda.get_device_name(0)}"
-    return f"cpu: {cpu_name()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    return f"cpu: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    import scipy
+    """The run's provenance (:func:`_provenance.environment`), with PyTorch's CUDA and GPU."""
     import torch
 
-    out = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "gpulin": getattr(gpulin, "__version__", "unknown"),
-        "gpulin_commit": git_commit(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "anndata": version("anndata"),
-        "numba": version("numba"),
-        "torch": torch.__version__,
-    }
-    try:
-        import cupy
-
-        out["cupy"] = cupy.__version__
-    except Exception:
-        pass
+    out = environment()
     if torch.cuda.is_available():
         out["cuda"] = str(torch.version.cuda)
         out["gpu"] = torch.cuda.get_device_name(0)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import sys
@@ -37,7 +36,7 @@ import scipy.linalg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from _provenance import git_commit  # noqa: E402
+from _provenance import git_commit, write_json  # noqa: E402
 
 from embed_cpu import versions  # noqa: E402
 
@@ -139,7 +138,7 @@ def main() -> None:
         "rows": rows,
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=1))
+    write_json(out_path, result)
     print(f"wrote {out_path}")
 
 

@@ -217,6 +217,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("cupy") and any(s in str(exc) for s in _LIBRARY_ALLOCATION_FAILURES)
 
 
+def _release(*errors: BaseException | None, cupy: Any = None) -> None:
+    """Clear the locals of the finished frames in the tracebacks of ``errors`` (running frames are
+    skipped), then free the cached blocks of ``cupy`` (default: CuPy, when it is in use)."""
+    for err in errors:
+        if err is not None and err.__traceback__ is not None:
+            traceback.clear_frames(err.__traceback__)
+    cupy = cupy if cupy is not None else sys.modules.get("cupy")
+    if cupy is not None:
+        cupy.get_default_memory_pool().free_all_blocks()
+
+
 def releases_memory(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorator for public entry points: when a :class:`DeviceMemoryError` leaves ``fn``, the
     frames it passed through (``fn``'s and those below, all returned by then) have their locals
@@ -229,13 +240,7 @@ def releases_memory(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except DeviceMemoryError as exc:
-            for err in (exc, exc.__cause__):
-                tb = getattr(err, "__traceback__", None)
-                if tb is not None:
-                    traceback.clear_frames(tb)  # this frame is running: clear_frames skips it
-            cupy = sys.modules.get("cupy")
-            if cupy is not None:
-                cupy.get_default_memory_pool().free_all_blocks()
+            _release(exc, exc.__cause__)  # this frame is running: clear_frames skips it
             raise
 
     return wrapper
@@ -260,9 +265,7 @@ def memory_guard(backend: Backend, step: str, remedy: str) -> Iterator[None]:
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        traceback.clear_frames(exc.__traceback__)  # the failed step's temporaries
-        if backend.is_gpu:
-            backend.xp.get_default_memory_pool().free_all_blocks()
+        _release(exc, cupy=backend.xp if backend.is_gpu else None)  # the failed step's temporaries
         # a host allocation failing during a GPU run is the host's memory, not the GPU's
         where = backend.name if not backend.is_gpu or type(exc).__module__.startswith("cupy") else "host"
         raise DeviceMemoryError(f"Out of {where} memory {step}. {remedy}") from exc

@@ -102,7 +102,7 @@ def csr_row_sums(values: Any, indptr: Any) -> Any:
         return out
     if values.dtype not in (cp.float32, cp.float64):
         values = values.astype(cp.float32)
-    indptr = indptr if indptr.dtype == np.int32 else _int32_index(indptr, int(indptr[-1]))
+    indptr = indptr if indptr.dtype == np.int32 else _int32_index(indptr, int(indptr[-1]))  # (reads indptr[-1] only then)
     _row_sums_kernel(values.dtype.name)(*_warp_per_row(n_rows), (values, indptr, np.int64(n_rows), out))
     return out
 

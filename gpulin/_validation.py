@@ -156,13 +156,12 @@ def check_int(name: str, value: Any, minimum: int, *, allow_none: bool = False) 
 
 def check_number(name: str, value: Any, low: float, high: float = np.inf, *, low_open: bool = False,
                  allow_none: bool = False) -> None:
-    """A clear error unless ``value`` is a real number in ``[low, high]`` (``(low, high]`` when
-    ``low_open``), or None when allowed."""
+    """A clear error unless ``value`` is a finite real number in ``[low, high]`` (``(low, high]``
+    when ``low_open``), or None when allowed."""
     if value is None and allow_none:
         return
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    ok = ok and np.isfinite(value) if high == np.inf else ok
-    ok = ok and (value > low if low_open else value >= low) and value <= high
+    ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+          and np.isfinite(value) and (value > low if low_open else value >= low) and value <= high)
     if not ok:
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high == np.inf else ']'}"
         raise ValueError(f"{name} must be a number in {interval}" + (" or None" if allow_none else "") + f", got {value!r}.")

@@ -85,7 +85,16 @@ def labels_of(adata: Any, labels: Any) -> np.ndarray:
     return np.asarray(y.astype(str))
 
 
-class CellTypeClassifier(ClassifierMixin, BaseEstimator):
+class _LabelScore(ClassifierMixin):
+    """``score`` on cells and their labels given as an obs column name or as the labels."""
+
+    def score(self, adata: Any, labels: Any, *, layer: str | None = None) -> float:
+        """Accuracy on ``adata`` against ``labels`` (an obs column name, or the labels); cells
+        predicted "unassigned" count as wrong."""
+        return float(np.mean(self.predict(adata, layer=layer) == labels_of(adata, labels)))
+
+
+class CellTypeClassifier(_LabelScore, BaseEstimator):
     """Linear cell-type classifier over an implicit (never densified) transformed matrix.
 
     A scikit-learn estimator: ``get_params`` / ``set_params`` / ``clone`` see the preset, the
@@ -122,14 +131,11 @@ class CellTypeClassifier(ClassifierMixin, BaseEstimator):
         Smallest fraction of the training genes a query must contain (default 0.5).
     """
 
-    #: Parameters every preset shares, with their defaults.
-    _EXTRA_DEFAULTS: dict[str, Any] = {"seed": 0, "batch_size": None, "unassigned_threshold": None, "min_gene_overlap": 0.5}
-
     def __init__(self, preset: str = "souza-mehta-2026", *, device: str = "auto", **overrides: Any) -> None:
         if preset not in PRESETS:
             raise ValueError(f"Unknown preset {preset!r}; expected one of {list(PRESETS)}.")
         params = dict(PRESETS[preset])
-        extra = dict(self._EXTRA_DEFAULTS)
+        extra = {"seed": 0, "batch_size": None, "unassigned_threshold": None, "min_gene_overlap": 0.5}
         unknown = set(overrides) - set(params) - set(extra)
         if unknown:
             raise TypeError(f"Unknown parameter(s) {sorted(unknown)} for CellTypeClassifier.")
@@ -156,11 +162,7 @@ class CellTypeClassifier(ClassifierMixin, BaseEstimator):
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's arguments: ``preset``, ``device`` and the overrides given."""
-        overrides = self.__dict__.get("_overrides")
-        if overrides is None:  # pickled before get_params existed: the parameters that differ from the preset
-            defaults = {**PRESETS[self.preset], **self._EXTRA_DEFAULTS}
-            overrides = {k: v for k, v in self.params.items() if k not in defaults or defaults[k] != v}
-        return {"preset": self.preset, "device": self.device, **overrides}
+        return {"preset": self.preset, "device": self.device, **self._overrides}
 
     def set_params(self, **params: Any) -> "CellTypeClassifier":
         """Change constructor arguments (checked as the constructor checks them)."""
@@ -196,10 +198,6 @@ class CellTypeClassifier(ClassifierMixin, BaseEstimator):
     def novelty_score(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
         """1 - top class probability: higher for cells unlike any training type."""
         return 1.0 - self.predict_proba(adata, layer=layer).max(axis=1)
-
-    def score(self, adata: Any, labels: Any, *, layer: str | None = None) -> float:
-        """Accuracy on ``adata`` against ``labels`` (an obs column name, or the labels)."""
-        return float(np.mean(self.predict(adata, layer=layer) == labels_of(adata, labels)))
 
     # -- implicit-level API (used by gpulin.evaluate to transform once per dataset) ------------------
     def _transform(self, X: Any) -> SparsePlusRowConstant:
@@ -289,7 +287,7 @@ class CellTypeClassifier(ClassifierMixin, BaseEstimator):
         return self._transform(X)
 
 
-class ScTOPProjection(ClassifierMixin, BaseEstimator):
+class ScTOPProjection(_LabelScore, BaseEstimator):
     """scTOP basis projection (pipeline.md section 3): order parameters on reference type centroids.
 
     Basis column for type t: the mean library-normalized profile of the reference cells of type
@@ -307,11 +305,7 @@ class ScTOPProjection(ClassifierMixin, BaseEstimator):
     device : {"cpu", "cuda", "auto"}
     """
 
-    min_gene_overlap: float = 0.5  # (objects pickled before the parameter existed)
-
     def __init__(self, unassigned_threshold: float | None = 0.1, *, min_gene_overlap: float = 0.5, device: str = "auto") -> None:
-        check_number("unassigned_threshold", unassigned_threshold, -np.inf, allow_none=True)
-        check_number("min_gene_overlap", min_gene_overlap, 0.0, 1.0)
         self.unassigned_threshold = unassigned_threshold
         self.min_gene_overlap = min_gene_overlap
         self.device = device
@@ -320,7 +314,7 @@ class ScTOPProjection(ClassifierMixin, BaseEstimator):
     def fit(self, adata: Any, labels: Any, *, layer: str | None = None) -> "ScTOPProjection":
         """Build the basis from ``adata`` (AnnData, or a cells x genes count matrix) and ``labels``
         (an obs column name, or the labels themselves)."""
-        # set_params bypasses the constructor's checks
+        # checked here, not in __init__ (scikit-learn's convention: set_params may change them)
         check_number("unassigned_threshold", self.unassigned_threshold, -np.inf, allow_none=True)
         check_number("min_gene_overlap", self.min_gene_overlap, 0.0, 1.0)
         y = labels_of(adata, labels)
@@ -386,11 +380,6 @@ class ScTOPProjection(ClassifierMixin, BaseEstimator):
         a = self.order_parameters(adata, layer=layer).to_numpy()
         thr = self.unassigned_threshold if unassigned_threshold == -np.inf else unassigned_threshold
         return _assign(np.asarray(self.classes_), a, thr)
-
-    def score(self, adata: Any, labels: Any, *, layer: str | None = None) -> float:
-        """Accuracy on ``adata`` against ``labels`` (an obs column name, or the labels); cells
-        below ``unassigned_threshold`` count as wrong."""
-        return float(np.mean(self.predict(adata, layer=layer) == labels_of(adata, labels)))
 
     def novelty_score(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
         """Negative top order parameter: higher for cells unlike every basis type."""

@@ -188,13 +188,8 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         check_number("target_sum", self.target_sum, 0.0, low_open=True, allow_none=True)
 
     def _transform_counts(self, X: Any, backend: Backend) -> Any:
-        if self.method == "lognorm" and not hasattr(self, "target_sum_"):  # fit: None -> the median library size
-            self.target_sum_ = self.target_sum
-            if self.target_sum is None:
-                self.target_sum_ = median_library_size(as_csr(X, backend if is_gpu_array(X) else CPU))
-        return transform_implicit(
-            X, self.method, device=backend, batch_size=self.batch_size, target_sum=getattr(self, "target_sum_", 1e4)
-        )
+        """The per-cell transform of counts ``X`` (fitted reference's ``target_sum_`` for lognorm)."""
+        return transform_implicit(X, self.method, device=backend, batch_size=self.batch_size, target_sum=self.target_sum_)
 
     # -- fit ------------------------------------------------------------------------------------
     @releases_memory
@@ -211,9 +206,12 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
 
     def _fit(self, adata: Any, *, layer: str | None) -> Any:
         self._check_params()
-        self.__dict__.pop("target_sum_", None)  # resolved again on these cells
         X, var_names = _matrix_and_genes(adata, layer)
         backend = resolve_backend(self.device, X)
+        # lognorm's library size, resolved on the reference (None: its median) and kept for queries
+        self.target_sum_ = self.target_sum
+        if self.method == "lognorm" and self.target_sum is None:
+            self.target_sum_ = median_library_size(as_csr(X, backend if is_gpu_array(X) else CPU))
         timer = _Timer(backend)
         n, G = X.shape
         mask = gene_mask(adata, self.mask_var, G)
@@ -467,7 +465,8 @@ def embed(
         ``normalize_total``; ``uns[key_added]["params"]["target_sum"]`` records the value used).
     n_iter, n_oversamples : int, optional
         Iterations and extra directions of the randomized PCA (:func:`gpulin.pca.pca`; defaults
-        4 and 10). More iterations capture more variance where the spectrum decays slowly.
+        4, or 8 on small problems, and 10). More iterations capture more variance where the
+        spectrum decays slowly.
     mask_var : str or array of bool, optional
         Genes the PCA runs on: a boolean ``var`` column name (e.g. ``"highly_variable"``) or a
         boolean array over the genes (scanpy's ``pca(mask_var=...)``). The transform still runs
@@ -525,7 +524,7 @@ def embed(
             "solver": est.solver_,
             "n_iter": int(est.n_iter_),
             "n_oversamples": int(est.n_oversamples_),
-            "target_sum": getattr(est, "target_sum_", target_sum),
+            "target_sum": est.target_sum_,
             "mask_var": mask_var if isinstance(mask_var, str) or mask_var is None else "array",
             "n_genes_used": int(est.mask_var_.sum()),
         },

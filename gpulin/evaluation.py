@@ -307,6 +307,8 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
         raise ValueError(f"Unknown protocol {protocol!r}; expected one of {PROTOCOLS}.")
     if approach not in ("pipeline", "projection"):
         raise ValueError(f"Unknown approach {approach!r}; expected 'pipeline' or 'projection'.")
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; expected one of {list(PRESETS)}.")
     y_all = labels_of(adata, label_key)
     keep = _keep_types(y_all, min_cells)
     if protocol == "transfer":
@@ -321,7 +323,7 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
     t0 = time.perf_counter()
     # The pipeline's transform is per cell: once per dataset, rows taken per split. The projection
     # averages raw counts per type, so it works from the counts of each split.
-    method = classifier_params.get("method", PRESETS[preset]["method"]) if preset in PRESETS else "sctop"
+    method = classifier_params.get("method", PRESETS[preset]["method"])
     S = transform_implicit(X, method, device=backend) if approach == "pipeline" else None
     t_transform = time.perf_counter() - t0
 
@@ -466,7 +468,7 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--min-cells", type=int, default=100)
     p.add_argument("--n-splits", type=int, default=None)
     p.add_argument("--group", default=None)
-    p.add_argument("--preset", default="souza-mehta-2026", help="classifier preset (gpulin.classifier.PRESETS)")
+    p.add_argument("--preset", default="souza-mehta-2026", choices=list(PRESETS), help="classifier preset")
     p.add_argument("--query", default=None)
     p.add_argument("--query-label", default=None, help="the query's label column (default: --label)")
     p.add_argument("--orthologs", default=None, help="CSV of 1:1 orthologs")
@@ -480,12 +482,8 @@ def add_cli(sub: Any) -> None:
 def _cli(args: argparse.Namespace) -> int:
     import anndata as ad
 
-    from .classifier import PRESETS
-
     # fail fast, before reading the data and running the protocol
     get_backend(args.device)
-    if args.preset not in PRESETS:
-        raise ValueError(f"Unknown preset {args.preset!r}; expected one of {list(PRESETS)}.")
     if args.out and not Path(args.out).resolve().parent.is_dir():
         raise FileNotFoundError(f"--out {args.out}: the folder {Path(args.out).resolve().parent} does not exist.")
     adata = ad.read_h5ad(args.data)

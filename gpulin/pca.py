@@ -259,7 +259,7 @@ DEFAULT_OVERSAMPLES = 10
 #: ... and the iterations on small problems, where one product costs fewer than
 #: :data:`SMALL_PRODUCT_WORK` multiply-adds (under ~15 ms on two cores): 4 iterations left the
 #: trailing components of 50 off by 3-5% in variance on Kang (1,556 cells) and PBMC 3k, 8 by at
-#: most 0.5%, for 0.1-0.3 s more (``benchmarks/pca_small_data.py``).
+#: most 0.53%, for 0.1-0.35 s more (``benchmarks/pca_small_data.py``).
 SMALL_PROBLEM_KRYLOV_ITER = 8
 SMALL_PRODUCT_WORK = 1 << 28
 
@@ -295,8 +295,8 @@ def pca(
         ``"gram"`` accumulates ``A.T @ A`` (genes x genes, or ``A @ A.T`` for fewer cells) in
         float64 from float32 tile products and calls ``eigh``: exact up to that rounding (on an
         ill-conditioned 2,000 x 200 sctop matrix, components above 1e-3 of the top variance
-        within 3e-6 relative, the trailing ones within 3e-3), for small problems. ``"randomized"``: randomized block Krylov iteration (Musco & Musco 2015)
-        with ``n_iter`` iterations: ``2 n_iter + 1`` products with the data, every block kept,
+        within 3e-6 relative, the trailing ones within 3e-3), for small problems.
+        ``"randomized"``: randomized block Krylov iteration (Musco & Musco 2015) with ``n_iter`` iterations: ``2 n_iter + 1`` products with the data, every block kept,
         and a Rayleigh-Ritz step on the whole Krylov basis (:func:`_block_krylov`). It keeps
         ``(n_iter + 1) (k + n_oversamples)`` float32 columns per cell and per gene in memory.
         ``"sklearn"``: the subspace that ``sklearn.decomposition.PCA(svd_solver="randomized",
