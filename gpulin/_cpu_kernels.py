@@ -30,13 +30,15 @@ atlas, 21.8M nonzeros; ``benchmarks/README.md``):
 
 Parallel loops run over a fixed number of row chunks cut at equal nonzero counts; every chunk
 writes its own output rows or its own partial sum, and partial sums are added in chunk order, so
-results are deterministic for a given thread count. Launches are serialized (:data:`_LAUNCH`).
+results are deterministic for a given thread count. Launches from several Python threads run
+concurrently where Numba's threading layer allows it (:func:`_launch`).
 Callers import this module (and with it Numba) only when a kernel is first needed; kernels are
 compiled on first use and cached on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import Any
@@ -55,10 +57,31 @@ import scipy.special  # noqa: E402
 from numba import get_num_threads, njit, prange, set_num_threads  # noqa: E402
 from numba import config as _numba_config  # noqa: E402
 
-#: One kernel launch at a time: each launch already uses every thread, and Numba's fallback
-#: threading layer ("workqueue", used where neither OpenMP nor TBB is available) aborts the process
-#: when two Python threads launch parallel kernels at once.
-_LAUNCH = threading.Lock()
+#: Kernel launches from several Python threads at once (independent evaluation splits fitted side
+#: by side, :mod:`gpulin._concurrent`) are safe with Numba's OpenMP and TBB threading layers; its
+#: fallback layer ("workqueue", used where neither is available) aborts the process when two
+#: threads launch parallel kernels at once. Launches are serialized until the first one has shown
+#: which layer Numba loaded.
+_LAUNCH_LOCK = threading.Lock()
+_CONCURRENT_LAUNCHES: bool | None = None  # None: not known yet
+
+
+@contextlib.contextmanager
+def _launch() -> Any:
+    """Context of one kernel launch: serialized unless the threading layer is known to be thread-safe."""
+    global _CONCURRENT_LAUNCHES
+    if _CONCURRENT_LAUNCHES:
+        yield
+        return
+    with _LAUNCH_LOCK:
+        yield
+        if _CONCURRENT_LAUNCHES is None:
+            import numba
+
+            try:
+                _CONCURRENT_LAUNCHES = numba.threading_layer() in ("omp", "tbb")
+            except ValueError:  # no parallel launch yet
+                pass
 
 __all__ = [
     "CHUNK_BYTES",
@@ -167,7 +190,7 @@ def row_splits(indptr: np.ndarray, indices: np.ndarray, edges: np.ndarray, threa
     n = len(indptr) - 1
     out = np.empty((n, len(edges)), dtype=np.int32)
     use_threads(threads)
-    with _LAUNCH:
+    with _launch():
         _row_splits(indptr, indices, np.asarray(edges, dtype=np.int64), chunk_bounds(indptr, max(1, threads)), out)
     return out
 
@@ -238,7 +261,7 @@ def csr_matmat(
     """
     use_threads(threads)
     bounds = _row_chunks(splits, threads)
-    with _LAUNCH:
+    with _launch():
         _matmat(splits, indices, data, W, row_const, colsum, shift, bounds, out)
     return out
 
@@ -294,7 +317,7 @@ def csr_rmatmat_accumulate(
     """
     use_threads(partials.shape[0])
     bounds = _row_chunks(splits, partials.shape[0])
-    with _LAUNCH:
+    with _launch():
         _rmatmat(splits, indices, data, U, bounds, partials)
 
 
@@ -343,7 +366,7 @@ def finish_transposed(
     out = np.empty((rows.shape[0], k), dtype=np.float64)
     add = acc is not None
     acc_arr = acc if add else np.empty((1, k), dtype=np.float64)
-    with _LAUNCH:
+    with _launch():
         _finish_partials(partials, acc_arr, add, np.asarray(rows, dtype=np.int64), np.asarray(cu, dtype=np.float64),
                          np.asarray(usum, dtype=np.float64), np.asarray(mean, dtype=np.float64),
                          np.asarray(inv_scale, dtype=np.float64), out)
@@ -381,7 +404,7 @@ def _scaled_column_sums(
     bounds = np.linspace(0, n, parts + 1).astype(np.int64)
     W = np.empty((n, k) if write else (1, 1), dtype=np.float32)
     partials = np.zeros((parts, 2, k), dtype=np.float64)
-    with _LAUNCH:
+    with _launch():
         _scaled_sums(V, np.asarray(scale, dtype=np.float64), np.asarray(weight, dtype=np.float64), bounds, write, W,
                      partials)
     total = partials[0].copy()
@@ -430,7 +453,7 @@ def column_sums(
     threads = use_threads(threads)
     bounds = chunk_bounds(indptr, threads)
     partials = np.zeros((threads, 2, n_genes), dtype=np.float64)
-    with _LAUNCH:
+    with _launch():
         _column_sums(indptr, indices, data, np.asarray(row_const, dtype=np.float64), bounds, partials)
     total = partials[0].copy()
     for t in range(1, threads):
@@ -569,7 +592,7 @@ def sctop_rows(
     d = np.empty(int(indptr[-1]), dtype=np.float32)
     c = np.empty(rows, dtype=np.float64)
     empty = np.empty(rows, dtype=np.bool_)
-    with _LAUNCH:
+    with _launch():
         _sctop(np.asarray(indptr, dtype=np.int64), data, np.int64(n_genes), ztab, bounds, d, c, empty)
     return d, c, int(empty.sum())
 
@@ -599,7 +622,7 @@ def lognorm_rows(indptr: np.ndarray, data: np.ndarray, target_sum: float, thread
     rows = len(indptr) - 1
     d = np.empty(int(indptr[-1]), dtype=np.float32)
     empty = np.empty(rows, dtype=np.bool_)
-    with _LAUNCH:
+    with _launch():
         _lognorm(np.asarray(indptr, dtype=np.int64), data, float(target_sum), chunk_bounds(indptr, threads * 4), d, empty)
     return d, int(empty.sum())
 
@@ -632,7 +655,7 @@ def value_counts(data: np.ndarray, threads: int) -> tuple[int, int, int]:
     parts = threads * 4
     bounds = np.linspace(0, data.size, parts + 1).astype(np.int64)
     out = np.zeros((parts, 3), dtype=np.int64)
-    with _LAUNCH:
+    with _launch():
         _value_counts(data.ravel(), bounds, out)
     n_bad, n_neg, n_frac = (int(v) for v in out.sum(axis=0))
     return n_bad, n_neg, n_frac
@@ -695,6 +718,6 @@ def standardized_rows(
     use_threads(threads)
     if out is None:
         out = np.empty((stop - start, mean.shape[0]), dtype=np.float32)
-    with _LAUNCH:
+    with _launch():
         _standardized_rows(indptr, indices, data, np.int64(start), row_const, pos, mean, inv_scale, out)
     return out

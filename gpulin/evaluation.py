@@ -33,6 +33,8 @@ import pandas as pd
 
 from .classifier import PRESETS, CellTypeClassifier, ScTOPProjection, _assign, labels_of
 from ._backend import get_backend, releases_memory, resolve_backend
+from ._concurrent import map_tasks, task_workers
+from ._validation import check_int
 from .embed import _matrix_and_genes
 from .transforms import transform_implicit
 
@@ -246,6 +248,7 @@ def evaluate(
     group_key: str | None = None,
     progress: bool = True,
     out_dir: str | Path | None = None,
+    n_jobs: int | None = None,
     **classifier_params: Any,
 ) -> pd.DataFrame:
     """Run a protocol and return a tidy table: one row per split (or held-out type) with metrics.
@@ -282,6 +285,12 @@ def evaluate(
     out_dir : str or Path, optional
         Write ``metrics.csv``/``.json``, ``per_class.csv``, ``confusion.csv`` and ``confusion.png``
         (the last needs matplotlib) there.
+    n_jobs : int, optional
+        Splits (or held-out types) fitted at once. On the CPU the default is one per core gpulin
+        uses (``GPULIN_NUM_THREADS``, else the cores), each split in its own thread with one core;
+        ``n_jobs=1`` fits one split at a time with every core on it. Each concurrent split holds its
+        own training matrix. On a GPU the default is 1. Results depend on the number of threads
+        only through floating-point rounding.
     classifier_params
         Overrides for :class:`~gpulin.classifier.CellTypeClassifier`.
 
@@ -294,7 +303,7 @@ def evaluate(
         the report and confusion matrix pooled over all test cells of all splits.
     """
     table = _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ortholog_cols, approach,
-                      preset, device, min_cells, n_splits, group_key, progress, classifier_params)
+                      preset, device, min_cells, n_splits, group_key, progress, n_jobs, classifier_params)
     if out_dir is not None:
         written = write_report(table, out_dir, title=f"{protocol} {label_key} ({approach})")
         table.attrs["files_written"] = [str(p) for p in written]
@@ -302,13 +311,14 @@ def evaluate(
 
 
 def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ortholog_cols, approach, preset,
-              device, min_cells, n_splits, group_key, progress, classifier_params) -> pd.DataFrame:
+              device, min_cells, n_splits, group_key, progress, n_jobs, classifier_params) -> pd.DataFrame:
     if protocol not in PROTOCOLS:
         raise ValueError(f"Unknown protocol {protocol!r}; expected one of {PROTOCOLS}.")
     if approach not in ("pipeline", "projection"):
         raise ValueError(f"Unknown approach {approach!r}; expected 'pipeline' or 'projection'.")
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; expected one of {list(PRESETS)}.")
+    check_int("n_jobs", n_jobs, 1, allow_none=True)
     y_all = labels_of(adata, label_key)
     keep = _keep_types(y_all, min_cells)
     if protocol == "transfer":
@@ -337,13 +347,12 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
 
     # as CellTypeClassifier.predict: cells below unassigned_threshold (when given) are "unassigned"
     threshold = classifier_params.get("unassigned_threshold") if approach == "pipeline" else None
-    rows = []
     if protocol == "novel":
         types = [t for t in np.unique(y)]
         from sklearn.metrics import roc_auc_score
         from sklearn.model_selection import StratifiedShuffleSplit
 
-        for t in _progress(types, len(types), "novel types", progress):
+        def novel_row(t: Any) -> dict[str, Any]:
             t1 = time.perf_counter()
             others = np.flatnonzero(y != t)
             # Negatives are held-out cells of the known types (a stratified 20%), never training
@@ -353,26 +362,34 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
             tr, te = others[fit], np.concatenate([np.flatnonzero(y == t), others[held]])
             proba, _ = fit_predict(tr, te)
             novelty = 1.0 - proba.max(axis=1)
-            rows.append({"split": f"novel={t}", "held_out_type": t, "n_held_out": int((y == t).sum()),
-                         "n_known_held_out": len(held), "n_train": len(tr),
-                         "novelty_auroc": float(roc_auc_score(y[te] == t, novelty)),
-                         "seconds": time.perf_counter() - t1})
+            return {"split": f"novel={t}", "held_out_type": t, "n_held_out": int((y == t).sum()),
+                    "n_known_held_out": len(held), "n_train": len(tr),
+                    "novelty_auroc": float(roc_auc_score(y[te] == t, novelty)), "seconds": time.perf_counter() - t1}
+
+        workers = task_workers(n_jobs, len(types), backend.is_gpu)
+        rows = list(_progress(map_tasks(novel_row, types, workers), len(types), "novel types", progress))
         return pd.DataFrame(rows).assign(protocol=protocol, approach=approach, transform_seconds=t_transform)
     groups = labels_of(ad_k, group_key) if group_key else None
     n_splits = n_splits or (5 if protocol == "split5" else 10)
     splits = list(_splits(protocol, y, groups, n_splits))
+    rows = []
     if protocol == "group" and len(splits) < 2:
         raise ValueError(f"protocol='group' needs at least 2 distinct values in obs[{group_key!r}].")
-    pooled_true, pooled_pred = [], []
-    for name, tr, te in _progress(splits, len(splits), protocol, progress):
+    def split_result(split: tuple[str, np.ndarray, np.ndarray]) -> tuple[dict[str, Any], np.ndarray]:
+        name, tr, te = split
         t1 = time.perf_counter()
         proba, classes = fit_predict(tr, te)
         pred = _assign(classes, proba, threshold)
+        return ({"split": name, "n_train": len(tr), "n_test": len(te),
+                 **classification_metrics(y[te], pred, proba, classes), "seconds": time.perf_counter() - t1}, pred)
+
+    pooled_true, pooled_pred = [], []
+    workers = task_workers(n_jobs, len(splits), backend.is_gpu)
+    for (_, _, te), (row, pred) in zip(splits, _progress(map_tasks(split_result, splits, workers), len(splits),
+                                                          protocol, progress)):
         pooled_true.append(y[te])
         pooled_pred.append(pred)
-        rows.append({"split": name, "n_train": len(tr), "n_test": len(te),
-                     **classification_metrics(y[te], pred, proba, classes),
-                     "seconds": time.perf_counter() - t1})
+        rows.append(row)
     table = pd.DataFrame(rows).assign(protocol=protocol, approach=approach, transform_seconds=t_transform)
     return _with_pooled(table, pooled_true, pooled_pred)
 

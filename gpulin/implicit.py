@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -45,8 +46,15 @@ TILE_DENSITY_CPU = 0.10
 FLUSH_ROWS = 1 << 15
 
 
+_THREAD_LOCAL = threading.local()
+
+
 def cpu_workers() -> int:
-    """Threads for CPU sparse products: ``GPULIN_NUM_THREADS``, else the usable cores (<= 16)."""
+    """Threads for CPU sparse products: the calling thread's :func:`thread_workers` setting, else
+    ``GPULIN_NUM_THREADS``, else the usable cores (<= 16)."""
+    local = getattr(_THREAD_LOCAL, "workers", None)
+    if local is not None:
+        return local
     env = os.environ.get("GPULIN_NUM_THREADS")
     if env:
         try:
@@ -58,6 +66,18 @@ def cpu_workers() -> int:
     except AttributeError:  # pragma: no cover - not Linux
         n = os.cpu_count() or 1
     return max(1, min(n, 16))
+
+
+@contextlib.contextmanager
+def thread_workers(n: int) -> Iterator[None]:
+    """Within it, :func:`cpu_workers` returns ``n`` in the calling thread only (other threads keep
+    theirs): for independent tasks run side by side, one core each (:mod:`gpulin._concurrent`)."""
+    previous = getattr(_THREAD_LOCAL, "workers", None)
+    _THREAD_LOCAL.workers = max(1, int(n))
+    try:
+        yield
+    finally:
+        _THREAD_LOCAL.workers = previous
 
 
 @dataclass

@@ -183,9 +183,9 @@ def test_sklearn_solver_gram_rounds_with_a_rank_deficient_sketch():
 
 @pytest.mark.parametrize("shape", [(240, 400), (500, 150)], ids=["fewer-cells", "fewer-genes"])
 def test_gram_rounds_basis_is_orthonormal_without_forming_it(shape):
-    """The Gram rounds hand back ``Y`` and ``R^-1`` (``Q = Y R^-1`` is never formed): Q is
-    orthonormal, spans ``Y``, and ``M.T Q`` matches a product with the data. With l = n cells (a
-    rank-deficient sketch) they fall back to an explicit orthonormal Q."""
+    """The Gram rounds hand back the basis ``Q = M Qs R^-1`` unformed (its products with small
+    matrices are one pass each): Q is orthonormal, and ``M.T Q`` matches a product with the data.
+    With l = n cells (a rank-deficient sketch) they fall back to an explicit orthonormal Q."""
     import gpulin.pca as pca_module
 
     n, g = shape
@@ -193,17 +193,20 @@ def test_gram_rounds_basis_is_orthonormal_without_forming_it(shape):
     op = StandardizedOperator(S, GeneScaling.fit(S))
     transpose = n < g
     omega = np.random.RandomState(0).normal(size=(min(n, g), 40))
-    Y, Rinv, MtQ = pca_module._rounds_on_sketch_gram(op, omega, transpose, 4)
-    assert Rinv is not None
-    Q = Y.astype(np.float64) @ Rinv
-    np.testing.assert_allclose(Q.T @ Q, np.eye(40), atol=1e-6)
+    basis, MtQ = pca_module._rounds_on_sketch_gram(op, omega, transpose, 4)
+    assert basis.W is not None
+    Q = basis.times(np.eye(40), np).astype(np.float64)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(40), atol=1e-5)
     direct = op.matmat(Q.astype(np.float32)) if transpose else op.rmatmat(Q.astype(np.float32))
     np.testing.assert_allclose(MtQ, direct, atol=1e-4 * np.abs(direct).max())
+    B = np.random.RandomState(2).normal(size=(40, 7))
+    np.testing.assert_allclose(basis.times(B, np), Q @ B, atol=1e-5 * np.abs(Q @ B).max())
 
     S = gpulin.sctop_transform(make_counts(40, 400, seed=6))
     op = StandardizedOperator(S, GeneScaling.fit(S))
-    Q, Rinv, MtQ = pca_module._rounds_on_sketch_gram(op, np.random.RandomState(1).normal(size=(40, 40)), True, 4)
-    assert Rinv is None and MtQ is None
+    basis, MtQ = pca_module._rounds_on_sketch_gram(op, np.random.RandomState(1).normal(size=(40, 40)), True, 4)
+    assert basis.W is None and MtQ is None
+    Q = basis.data
     np.testing.assert_allclose(Q.T.astype(np.float64) @ Q, np.eye(40), atol=1e-5)
 
 
@@ -407,9 +410,16 @@ def test_pca_device_branches_on_a_strict_cupy_stand_in(solver, shape, sketch_gra
     dev = pca(DenseOperator(A, device_backend), 12, solver=solver, seed=3)
     assert type(dev.scores).__module__.startswith("cupy")  # scores stay on the device
     assert isinstance(dev.components, np.ndarray) and isinstance(dev.singular_values, np.ndarray)
-    np.testing.assert_allclose(dev.singular_values, host.singular_values, rtol=1e-4)
-    np.testing.assert_allclose(np.abs(np.sum(dev.components * host.components, axis=1)), 1.0, atol=1e-4)
-    np.testing.assert_allclose(dev.scores.get(), host.scores, atol=2e-3 * np.abs(host.scores).max())
+    # The signal (6 components) agrees to float32 rounding. Past it (noise, where both runs are ~2%
+    # off the exact singular values), scikit-learn's float32 power rounds normalized by LU (host)
+    # or QR (device) differ by up to 1.3e-4.
+    tol = 5e-4 if solver == "sklearn" else 1e-4
+    np.testing.assert_allclose(dev.singular_values[:6], host.singular_values[:6], rtol=1e-5)
+    np.testing.assert_allclose(dev.singular_values, host.singular_values, rtol=tol)
+    cos = np.sum(dev.components * host.components, axis=1)
+    np.testing.assert_allclose(np.abs(cos), 1.0, atol=tol)
+    assert (cos[:6] > 0).all()  # the sign convention picks the same sign (a noise component may not)
+    np.testing.assert_allclose(dev.scores.get() * np.sign(cos), host.scores, atol=2e-3 * np.abs(host.scores).max())
 
 
 def test_degenerate_inputs_identical_cells_null_directions_and_whitening():

@@ -1,0 +1,60 @@
+"""Independent tasks (the splits of an evaluation protocol) side by side in Python threads, one core each.
+
+A per-split classifier fit of a few thousand cells is a chain of small steps (a dense Gram matrix
+of ~1,500 x 20,000, power rounds of 1,500 x 1,500 by 230 products, LU, QR, ``eigh``, some hundred
+L-BFGS iterations on 220 features) that use two cores poorly, and the two multithreaded OpenBLAS
+libraries loaded (NumPy's and SciPy's) leave worker threads spinning after each call, which slows
+the next step when it runs in the other library. Fitting the splits themselves in parallel, each in
+its own thread with one BLAS thread and one Numba thread (:func:`gpulin.implicit.thread_workers`),
+keeps every core busy with no thread handing work to another. NumPy, SciPy and the compiled
+kernels release the GIL in all heavy steps.
+
+Each task computes exactly what it computes alone with one thread, so results are deterministic
+for a given number of workers (and match a sequential run with ``GPULIN_NUM_THREADS=1``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from ._validation import check_int
+from .implicit import cpu_workers, thread_workers
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def task_workers(n_jobs: int | None, n_tasks: int, on_gpu: bool) -> int:
+    """Tasks to run at once: ``n_jobs`` when given (>= 1), else one per CPU core gpulin uses on the
+    host (:func:`gpulin.implicit.cpu_workers`) and one at a time on a GPU; at most ``n_tasks``."""
+    check_int("n_jobs", n_jobs, 1, allow_none=True)
+    if n_jobs is None:
+        n_jobs = 1 if on_gpu else cpu_workers()
+    return max(1, min(int(n_jobs), int(n_tasks)))
+
+
+def map_tasks(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """``fn(item)`` for each item, results in order; with ``workers > 1`` the items run in that many
+    threads, each with one BLAS thread and one thread for gpulin's compiled kernels.
+
+    With one worker the items run in the calling thread with its usual thread counts.
+    """
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield fn(item)
+        return
+    from ._cpu_kernels import single_threaded_blas
+
+    def one_core(item: T) -> R:
+        with thread_workers(1):
+            return fn(item)
+
+    # The BLAS thread count is process-wide: one for the whole run (every task's calls included).
+    with single_threaded_blas(), concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="gpulin-task") as pool:
+        yield from pool.map(one_core, items)
+
+
+__all__ = ["map_tasks", "task_workers"]

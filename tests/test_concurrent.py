@@ -1,0 +1,106 @@
+"""Splits fitted side by side (gpulin._concurrent): per-thread worker counts, concurrent kernel
+launches, and evaluation results that do not depend on running splits at once."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from gpulin import evaluate, sctop_transform
+from gpulin._concurrent import map_tasks, task_workers
+from gpulin.implicit import GeneScaling, StandardizedOperator, cpu_workers, thread_workers
+
+from conftest import make_counts
+from test_classifier import labelled
+
+
+def test_thread_workers_applies_to_the_calling_thread_only():
+    outside = cpu_workers()
+    seen = {}
+
+    def other():
+        seen["other"] = cpu_workers()
+
+    with thread_workers(1):
+        assert cpu_workers() == 1
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        with thread_workers(3):
+            assert cpu_workers() == 3
+        assert cpu_workers() == 1
+    assert cpu_workers() == outside and seen["other"] == outside
+
+
+def test_map_tasks_keeps_order_runs_one_core_per_task_and_raises():
+    def task(i):
+        return i, cpu_workers()
+
+    out = list(map_tasks(task, range(7), workers=2))
+    assert [i for i, _ in out] == list(range(7)) and all(w == 1 for _, w in out)
+    assert list(map_tasks(task, [5], workers=2)) == [(5, cpu_workers())]  # one task: the calling thread
+
+    def fails(i):
+        if i == 3:
+            raise KeyError("split 3")
+        return i
+
+    with pytest.raises(KeyError, match="split 3"):
+        list(map_tasks(fails, range(5), workers=2))
+
+
+def test_task_workers_defaults_and_checks():
+    assert task_workers(None, 10, on_gpu=True) == 1
+    assert task_workers(None, 10, on_gpu=False) == min(cpu_workers(), 10)
+    assert task_workers(4, 3, on_gpu=False) == 3
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="n_jobs"):
+            task_workers(bad, 5, on_gpu=False)
+
+
+def test_kernels_launched_from_several_threads_match_one_at_a_time():
+    """Compiled kernels (standardized tiles, sparse products) run concurrently from two threads,
+    one core each, and give what they give alone."""
+    S = sctop_transform(make_counts(400, 300, seed=2))
+    op = StandardizedOperator(S, GeneScaling.fit(S))
+    V = np.random.default_rng(0).standard_normal((300, 12)).astype(np.float32)
+
+    def work(_):
+        with thread_workers(1):
+            op1 = StandardizedOperator(S, GeneScaling.fit(S))
+            return op1.dense(1 << 30), op1.matmat(V), op1.rmatmat(op1.matmat(V))
+
+    with thread_workers(1):
+        alone = work(None)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(work(None))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4
+    for r in results:
+        for a, b in zip(r, alone):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(op.matmat(V), alone[1], rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate_splits_at_once_give_the_sequential_results():
+    """n_jobs=2 (splits in two threads, one core each) is deterministic and matches fitting one
+    split at a time on one core; n_jobs is checked before any work."""
+    a = labelled(seed=4)
+    kw = dict(device="cpu", min_cells=50, n_components=10, n_splits=4, progress=False)
+    both = evaluate(a, "type", "split5", n_jobs=2, **kw)
+    again = evaluate(a, "type", "split5", n_jobs=2, **kw)
+    with thread_workers(1):
+        one = evaluate(a, "type", "split5", n_jobs=1, **kw)
+    cols = ["split", "n_train", "n_test", "accuracy", "macro_f1", "macro_auroc"]
+    assert both[cols].equals(again[cols])
+    assert list(both["split"]) == [f"seed{i}" for i in range(4)]
+    np.testing.assert_allclose(both[cols[3:]].to_numpy(float), one[cols[3:]].to_numpy(float), atol=1e-12)
+    novel = evaluate(a, "type", "novel", n_jobs=2, device="cpu", min_cells=50, n_components=10, progress=False)
+    assert list(novel["held_out_type"]) == sorted(a.obs["type"].unique())
+    with pytest.raises(ValueError, match="n_jobs"):
+        evaluate(a, "type", "split5", n_jobs=0, device="cpu")
