@@ -95,7 +95,9 @@ __all__ = [
     "row_splits",
     "scaled_right",
     "single_threaded_blas",
+    "add_sparse_cell_gram",
     "standardized_rows",
+    "touched_empty",
     "sctop_rows",
     "use_threads",
     "value_counts",
@@ -122,6 +124,19 @@ def single_threaded_blas() -> Any:
     if _BLAS_CONTROLLER is None:
         _BLAS_CONTROLLER = ThreadpoolController()
     return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
+def touched_empty(shape: Any, dtype: Any) -> np.ndarray:
+    """``np.empty`` with its memory mapped by the calling thread (zero-filled).
+
+    A fresh large array's pages are mapped on first touch; when a parallel kernel touches them
+    first, its threads fault at once, and on the 2-core Xeon that took 4x as long: a 2,142 x 7,102
+    float32 standardized tile took 67 ms to write into new memory from two threads, 16 ms from
+    one, and 18 ms with this fill (7 ms) first. For outputs of kernels that then write them.
+    """
+    out = np.empty(shape, dtype=dtype)
+    out.fill(0)
+    return out
 
 
 def use_threads(n: int) -> int:
@@ -717,7 +732,60 @@ def standardized_rows(
     """
     use_threads(threads)
     if out is None:
-        out = np.empty((stop - start, mean.shape[0]), dtype=np.float32)
+        out = touched_empty((stop - start, mean.shape[0]), np.float32)
     with _launch():
         _standardized_rows(indptr, indices, data, np.int64(start), row_const, pos, mean, inv_scale, out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells x cells Gram matrix of a sparse matrix (the rarely detected genes of a per-split fit)
+# ---------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True, nogil=True)
+def _add_sparse_cell_gram(H, indptr, indices, vals, cptr, crows, cvals, left, right, bounds):  # pragma: no cover
+    n = H.shape[1]
+    r = left.shape[1]
+    for t in prange(bounds.shape[0] - 1):
+        o = np.empty(n, dtype=np.float64)
+        for i in range(bounds[t], bounds[t + 1]):
+            h = H[i]
+            for j in range(n):
+                acc = np.float64(h[j])
+                for q in range(r):
+                    acc += left[i, q] * right[j, q]
+                o[j] = acc
+            for p in range(indptr[i], indptr[i + 1]):
+                g = indices[p]
+                a = vals[p]
+                for q in range(cptr[g], cptr[g + 1]):
+                    o[crows[q]] += a * cvals[q]
+            for j in range(n):
+                h[j] = o[j]
+
+
+def add_sparse_cell_gram(H: np.ndarray, E: Any, left: np.ndarray, right: np.ndarray, threads: int) -> np.ndarray:
+    """``H += E @ E.T + left @ right.T`` in place, each row summed in float64.
+
+    ``H`` (n_cells, n_cells) float32 or float64, C-contiguous; ``E`` sparse CSR (n_cells, n_genes);
+    ``left``, ``right`` float64 (n_cells, r) (a low-rank correction). Each output row is one
+    thread's: for every stored value ``E[i, g]`` the column ``g`` (from a CSC copy) is added to row
+    ``i``, so ``E E^T`` costs the sum over genes of their squared nonzero counts, far below a dense
+    GEMM for rarely detected genes. Rows ``i`` and ``j`` sum the genes they share in the same
+    (sorted) order, so that part is exactly symmetric. The generic twin is
+    ``H + (E @ E.T).toarray() + left @ right.T`` (tested equal).
+    """
+    import scipy.sparse as sp
+
+    E = sp.csr_matrix(E, dtype=np.float64)
+    E.sum_duplicates()
+    C = E.tocsc()
+    C.sort_indices()
+    if not (H.flags.c_contiguous and H.shape == (E.shape[0], E.shape[0])):
+        raise ValueError(f"H must be C-contiguous of shape {(E.shape[0], E.shape[0])}, got {H.shape}.")
+    indptr = E.indptr.astype(np.int64)
+    threads = use_threads(threads)
+    with _launch():
+        _add_sparse_cell_gram(H, indptr, E.indices, E.data, C.indptr.astype(np.int64), C.indices, C.data,
+                              np.ascontiguousarray(left, dtype=np.float64), np.ascontiguousarray(right, dtype=np.float64),
+                              chunk_bounds(indptr, threads * 4))
+    return H

@@ -586,7 +586,12 @@ class StandardizedOperator:
         n, g = self.shape
         if n * g * 4 > max_bytes:
             return None
-        out = self.backend.xp.empty((n, g), dtype=self.backend.xp.float32)
+        if self.backend.is_gpu:
+            out = self.backend.xp.empty((n, g), dtype=self.backend.xp.float32)
+        else:
+            from ._cpu_kernels import touched_empty
+
+            out = touched_empty((n, g), np.float32)
         for start, stop, blk, cb in self._tiles():
             self.tile(blk, cb, out=out[start:stop])
         return out

@@ -21,6 +21,7 @@ import scipy.linalg
 
 from . import _host_rows
 from ._backend import to_host
+from .cell_gram import split_rare_genes
 
 Solver = Literal["auto", "randomized", "gram", "sklearn"]
 
@@ -442,7 +443,7 @@ class _SketchBasis:
     (the loadings or the scores, k <= l columns), instead of one for ``Y = M Qs`` and another
     for ``Y @ (R^-1 B)``. With ``W = None`` the basis is the explicit float32 ``Q`` in ``data``."""
 
-    data: Any  # the dense standardized matrix T (cells x genes), the operator, or Q itself
+    data: Any  # the dense standardized matrix T (cells x genes), an operator, or Q itself
     W: np.ndarray | None  # (small side, l) float64 Qs R^-1 on the host
     transpose: bool  # M = A.T (cells are the sketched side)
 
@@ -451,7 +452,7 @@ class _SketchBasis:
         if self.W is None:
             return _times_small(self.data, B.astype(np.float32), xp)
         V = xp.asarray((self.W @ B).astype(np.float32))
-        if hasattr(self.data, "matmat"):  # the operator: M @ V is A.T @ V or A @ V
+        if hasattr(self.data, "rmatmat"):  # an operator: M @ V is A.T @ V or A @ V
             return self.data.rmatmat(V) if self.transpose else self.data.matmat(V)
         return self.data.T @ V if self.transpose else self.data @ V
 
@@ -477,11 +478,16 @@ def _rounds_on_sketch_gram(op: Any, omega: np.ndarray, transpose: bool, n_iter: 
         computes it with a pass over the data.
     """
     xp = op.backend.xp
-    T = op.dense(DENSE_SKETCH_BYTES) if hasattr(op, "dense") else None
-    if T is not None:
-        H = T @ T.T if transpose else T.T @ T
+    split = split_rare_genes(op) if transpose else None
+    H = split.gram(DENSE_SKETCH_BYTES) if split is not None else None
+    if H is not None:  # cells' Gram from the dense genes' SYRK and the rare genes' sparse products
+        T = split
     else:
-        H = (op.gram_cells() if transpose else op.gram()).astype(xp.float32)
+        T = op.dense(DENSE_SKETCH_BYTES) if hasattr(op, "dense") else None
+        if T is not None:
+            H = T @ T.T if transpose else T.T @ T
+        else:
+            H = (op.gram_cells() if transpose else op.gram()).astype(xp.float32)
     Qs = xp.asarray(omega.astype(np.float32))
     with _small_dense_context(xp):
         for i in range(n_iter):

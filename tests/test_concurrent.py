@@ -104,3 +104,36 @@ def test_evaluate_splits_at_once_give_the_sequential_results():
     assert list(novel["held_out_type"]) == sorted(a.obs["type"].unique())
     with pytest.raises(ValueError, match="n_jobs"):
         evaluate(a, "type", "split5", n_jobs=0, device="cpu")
+
+
+def test_cells_gram_from_dense_and_rare_genes_matches_the_dense_gram():
+    """The per-split Gram matrix A A^T from the dense genes' SYRK plus the rare genes' sparse
+    products and rank-4 terms equals the dense one (all genes, and a gene subset), and the split's
+    A^T U equals the operator's; the compiled kernel equals its generic twin."""
+    import scipy.sparse as sp
+
+    from gpulin._cpu_kernels import add_sparse_cell_gram
+    from gpulin.cell_gram import split_rare_genes
+
+    S = sctop_transform(make_counts(300, 800, seed=1, depth=0.05))
+    rng = np.random.default_rng(0)
+    for genes in (None, np.sort(rng.choice(800, 500, replace=False))):
+        op = StandardizedOperator(S, GeneScaling.fit(S), genes)
+        split = split_rare_genes(op)
+        assert split is not None and len(split.rare_cols) > 0.1 * op.shape[1] and len(split.dense_cols) > 0
+        H = split.gram(1 << 30)
+        A = op.dense(1 << 30).astype(np.float64)
+        np.testing.assert_allclose(H, A @ A.T, atol=1e-6 * np.abs(A @ A.T).max())
+        U = rng.standard_normal((300, 5)).astype(np.float32)
+        ref = op.rmatmat(U)
+        np.testing.assert_allclose(split.rmatmat(U), ref, atol=1e-5 * np.abs(ref).max())
+    E = sp.random(50, 70, density=0.1, format="csr", random_state=1)
+    left, right = rng.standard_normal((50, 3)), rng.standard_normal((50, 3))
+    H0 = rng.standard_normal((50, 50))
+    got = add_sparse_cell_gram(H0.copy(), E, left, right, threads=2)
+    np.testing.assert_allclose(got, H0 + (E @ E.T).toarray() + left @ right.T, rtol=1e-12, atol=1e-12)
+    sym = add_sparse_cell_gram(np.zeros((50, 50)), E, np.zeros((50, 1)), np.zeros((50, 1)), threads=2)
+    assert np.array_equal(sym, sym.T)
+    # dense data (no rare genes) and GPU operators are not split
+    S_dense = sctop_transform(make_counts(100, 60, seed=2, depth=5.0))
+    assert split_rare_genes(StandardizedOperator(S_dense, GeneScaling.fit(S_dense))) is None
