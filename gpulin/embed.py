@@ -386,12 +386,14 @@ def align_genes(X: Any, query_genes: np.ndarray, ref_genes: np.ndarray, backend:
     overlap below ``min_overlap`` of the reference.
     """
     check_unique_genes(ref_genes, "the reference")
+    where = backend if is_gpu_array(X) else CPU
+    if len(query_genes) == len(ref_genes) and np.array_equal(query_genes, ref_genes):
+        return as_csr(X, where)  # already aligned (e.g. both sides cut to their shared genes)
     pos = {g: i for i, g in enumerate(ref_genes)}
     qi = np.fromiter((i for i, g in enumerate(query_genes) if g in pos), dtype=np.int64)
     check_unique_genes(query_genes[qi], "the query", among=" among the reference genes")
     ri = np.fromiter((pos[query_genes[i]] for i in qi), dtype=np.int64, count=len(qi))
     check_overlap(len(qi), len(ref_genes), len(query_genes), min_overlap, "reference")
-    where = backend if is_gpu_array(X) else CPU
     csr = as_csr(X, where)
     xp = where.xp
     P = where.sparse.csr_matrix(

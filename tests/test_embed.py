@@ -268,6 +268,11 @@ def test_gene_alignment_keeps_host_counts_on_the_host():
     assert sp.issparse(out) and out.shape == (20, 4)
     dense = X.toarray()
     np.testing.assert_array_equal(out.toarray(), np.stack([dense[:, 5], dense[:, 0], np.zeros(20), dense[:, 3]], axis=1))
+    # genes already in the reference's order: the counts as they are (no product), still checked
+    same = embed_module.align_genes(X, query, query.copy(), cuda_like)
+    np.testing.assert_array_equal(same.toarray(), dense)
+    with pytest.raises(ValueError, match="duplicated"):
+        embed_module.align_genes(X, np.array(["g0"] * 6), np.array(["g0"] * 6), cuda_like)
 
 
 def test_mask_var_runs_the_pca_on_a_gene_subset():
