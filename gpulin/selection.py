@@ -13,8 +13,9 @@ from .implicit import SparsePlusRowConstant
 def f_classif(S: SparsePlusRowConstant, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One-way ANOVA F statistic and p-value of every gene of ``S`` across the classes ``codes``.
 
-    Computed from class sums ``S^T Y`` (Y one-hot) and per-gene sums of squares, all float64,
-    without materializing ``S``; the formulas are those of ``sklearn.feature_selection.f_classif``.
+    Computed from class sums ``S^T Y`` (``Y`` the cells' one-hot class indicator, kept sparse: one
+    sparse product per row block, ``O(nnz)``) and per-gene sums of squares, all float64, without
+    materializing ``S``; the formulas are those of ``sklearn.feature_selection.f_classif``.
 
     Parameters
     ----------
@@ -38,9 +39,7 @@ def f_classif(S: SparsePlusRowConstant, codes: np.ndarray) -> tuple[np.ndarray, 
     K = int(codes.max()) + 1
     counts = np.bincount(codes, minlength=K).astype(np.float64)
     present = counts > 0
-    Y = np.zeros((n, K), dtype=np.float64)
-    Y[np.arange(n), codes] = 1.0
-    class_sums = np.asarray(to_host(S.rdot(xp.asarray(Y))))[:, present]  # (G, K')
+    class_sums = np.asarray(to_host(_class_sums(S, codes, K))).T[:, present]  # (G, K')
     counts = counts[present]
     k = int(present.sum())
     s1, s2 = (np.asarray(to_host(a)) for a in S.column_sums())
@@ -59,6 +58,24 @@ def f_classif(S: SparsePlusRowConstant, codes: np.ndarray) -> tuple[np.ndarray, 
     F = np.where((msw == 0) & (msb == 0), np.nan, F)
     pvalues = special.fdtrc(dfbn, dfwn, F)
     return F, pvalues
+
+
+def _class_sums(S: SparsePlusRowConstant, codes: np.ndarray, K: int) -> Any:
+    """``Y^T S`` (float64, (K, n_genes), on ``S``'s device) for the one-hot ``Y`` of ``codes``:
+    per row block, a sparse (K x rows) indicator times the block, plus the classes' sums of ``c``."""
+    xp, sparse = S.backend.xp, S.backend.sparse
+    out = xp.zeros((K, S.n_genes), dtype=xp.float64)
+    for start, stop, blk, _ in S.iter_blocks():
+        rows = stop - start
+        if blk.nnz == 0:
+            continue
+        Yt = sparse.csr_matrix(
+            (xp.ones(rows, dtype=xp.float64), (xp.asarray(codes[start:stop]), xp.arange(rows))), shape=(K, rows)
+        )
+        out += (Yt @ blk.astype(xp.float64)).toarray()
+    c = np.asarray(to_host(S.c), dtype=np.float64)
+    out += xp.asarray(np.bincount(codes, weights=c, minlength=K))[:, None]
+    return out
 
 
 def select_k_best(F: np.ndarray, k: int) -> np.ndarray:
