@@ -87,6 +87,7 @@ __all__ = [
     "CHUNK_BYTES",
     "chunk_bounds",
     "column_sums",
+    "csr_rows_dense",
     "csr_matmat",
     "csr_rmatmat_accumulate",
     "finish_transposed",
@@ -674,6 +675,39 @@ def value_counts(data: np.ndarray, threads: int) -> tuple[int, int, int]:
         _value_counts(data.ravel(), bounds, out)
     n_bad, n_neg, n_frac = (int(v) for v in out.sum(axis=0))
     return n_bad, n_neg, n_frac
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense rows of a CSR block (the D tiles of products on dense data)
+# ---------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True, nogil=True)
+def _scatter_rows(indptr, indices, data, start, bounds, out):  # pragma: no cover - compiled
+    for t in prange(bounds.shape[0] - 1):
+        for r in range(bounds[t], bounds[t + 1]):
+            i = start + r
+            o = out[r]
+            for p in range(indptr[i], indptr[i + 1]):
+                o[indices[p]] += data[p]
+
+
+def csr_rows_dense(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, start: int, stop: int, n_cols: int,
+                   threads: int) -> np.ndarray:
+    """Rows ``start:stop`` of a float32 CSR matrix as a dense float32 (stop - start, n_cols) array.
+
+    The CPU twin of ``gpulin._gpu_kernels.csr_rows_to_dense``'s scatter kernel, in threads over
+    row chunks, into memory mapped by the calling thread (:func:`touched_empty`); duplicates are
+    summed in storage order, as SciPy's ``toarray`` does, so the values are identical to it.
+    On the 2-core Xeon, 1,886 x 11,674 at 11% nonzeros in tiles: 53 ms with ``toarray``.
+    """
+    out = touched_empty((stop - start, n_cols), np.float32)
+    if stop == start:
+        return out
+    threads = use_threads(threads)
+    rows_ptr = np.asarray(indptr[start : stop + 1], dtype=np.int64)
+    bounds = chunk_bounds(rows_ptr - rows_ptr[0], threads * 4)
+    with _launch():
+        _scatter_rows(np.asarray(indptr, dtype=np.int64), indices, data, np.int64(start), bounds, out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,6 +133,11 @@ def csr_rows_to_dense(blk: Any, start: int, stop: int) -> Any:
     if not 0 <= start <= stop <= n_rows:
         raise ValueError(f"row range {start}:{stop} is outside 0:{n_rows}")
     if isinstance(blk.data, np.ndarray):  # CPU twin
+        if blk.data.dtype == np.float32:
+            from ._cpu_kernels import csr_rows_dense
+            from .implicit import cpu_workers
+
+            return csr_rows_dense(blk.indptr, blk.indices, blk.data, start, stop, n_cols, cpu_workers())
         part = blk if (start, stop) == (0, n_rows) else blk[start:stop]
         return part.toarray().astype(np.float32, copy=False)
     import cupy as cp
