@@ -148,34 +148,53 @@ class SparsePlusRowConstant:
         return self._col_stats
 
     def take_rows(self, rows: Any) -> "SparsePlusRowConstant":
-        """The cells ``rows`` (an index array, any order) as a new implicit matrix.
+        """The cells ``rows`` (an index array, any order, repeats allowed) as a new implicit matrix.
 
-        Values are copied (about the size of the selected part of ``D``); nothing dense is formed.
-        The result is re-blocked like a fresh transform.
+        Values are copied; nothing dense is formed. The result is blocked like a fresh transform,
+        and each of its blocks is gathered on its own, so the temporaries (the rows taken from
+        each source block, stacked, then put in order) are bounded by one output block rather
+        than the whole selection.
         """
-        from .transforms import _block_view, plan_row_blocks
+        from .transforms import plan_row_blocks
 
-        xp, sparse = self.backend.xp, self.backend.sparse
-        rows = np.asarray(to_host(rows), dtype=np.int64)
-        if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
+        xp = self.backend.xp
+        rows = np.asarray(to_host(rows), dtype=np.int64).ravel()
+        if rows.size == 0:
+            raise ValueError("take_rows needs at least one row.")
+        if rows.min() < 0 or rows.max() >= self.shape[0]:
             raise IndexError(f"row index out of range for {self.shape[0]} cells")
         block_of = np.searchsorted(self.row_starts, rows, side="right") - 1
-        order = np.argsort(block_of, kind="stable")
-        pieces = []
+        local = rows - self.row_starts[block_of]
+        lengths = np.empty(rows.size, dtype=np.int64)  # stored values of every selected row
         for b in np.unique(block_of):
-            sel = rows[order][block_of[order] == b] - int(self.row_starts[b])
-            pieces.append(self.blocks[b][xp.asarray(sel)])
-        grouped = sparse.vstack(pieces, format="csr") if len(pieces) > 1 else pieces[0]
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(order.size)
-        M = grouped[xp.asarray(inverse)] if not np.array_equal(order, np.arange(order.size)) else grouped
-        M = sparse.csr_matrix(M)
-        indptr = np.asarray(to_host(M.indptr), dtype=np.int64)
+            sel = block_of == b
+            indptr_b = np.asarray(to_host(self.blocks[b].indptr), dtype=np.int64)
+            lengths[sel] = indptr_b[local[sel] + 1] - indptr_b[local[sel]]
+        indptr = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
         bounds = plan_row_blocks(indptr, self.n_genes, self.backend, None)
-        blocks = [_block_view(M, indptr, int(a), int(b), self.backend) for a, b in zip(bounds[:-1], bounds[1:])]
+        blocks = [self._gather_rows(block_of[a:b], local[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         return SparsePlusRowConstant(
             blocks=blocks, row_starts=bounds, c=self.c[xp.asarray(rows)], n_genes=self.n_genes, backend=self.backend
         )
+
+    def _gather_rows(self, block_of: np.ndarray, local: np.ndarray) -> Any:
+        """One CSR block (in gpulin's block format) of the rows ``local`` of the source blocks ``block_of``, in order."""
+        from .transforms import _block_view
+
+        xp, sparse = self.backend.xp, self.backend.sparse
+        order = np.argsort(block_of, kind="stable")
+        sorted_blocks, sorted_local = block_of[order], local[order]
+        pieces = [self.blocks[b][xp.asarray(sorted_local[sorted_blocks == b])] for b in np.unique(sorted_blocks)]
+        M = sparse.vstack(pieces, format="csr") if len(pieces) > 1 else pieces[0]
+        del pieces
+        if not np.array_equal(order, np.arange(order.size)):
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(order.size)
+            M = M[xp.asarray(inverse)]
+        M = sparse.csr_matrix(M)
+        indptr = np.asarray(to_host(M.indptr), dtype=np.int64)
+        return _block_view(M, indptr, 0, M.shape[0], self.backend)
 
     def dot(self, V: Any) -> Any:
         """``S @ V = D V + c (1^T V)`` for dense V (n_genes, k); float64 (n_cells, k) on device."""

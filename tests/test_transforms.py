@@ -180,3 +180,27 @@ def test_dense_float_matrix_with_many_ties_per_cell():
         warnings.simplefilter("ignore", EmptyCellsWarning)
         ours = gpulin.sctop_transform(X, dense=True)
     assert np.abs(ours[ok] - ref[ok]).max() <= 1e-5
+
+
+def test_take_rows_in_any_order_across_blocks(monkeypatch):
+    """take_rows gathers rows from several source blocks in the order given (repeats included),
+    re-blocks them like a fresh transform (each output block gathered on its own), and checks
+    its input."""
+    import gpulin.transforms as transforms_module
+
+    plan = transforms_module.plan_row_blocks
+    monkeypatch.setattr(transforms_module, "plan_row_blocks", lambda indptr, g, backend, bs: plan(indptr, g, backend, 50))
+    X = make_counts(300, 50, seed=4)
+    S = gpulin.sctop_transform(X, batch_size=37)  # 9 source blocks
+    dense = S.toarray()
+    rows = np.random.default_rng(1).permutation(300)[:200]
+    rows = np.concatenate([rows, rows[:5]])
+    T = S.take_rows(rows)
+    assert T.shape == (205, 50) and list(T.row_starts) == [0, 50, 100, 150, 200, 205]
+    np.testing.assert_array_equal(T.toarray(), dense[rows])
+    np.testing.assert_array_equal(np.asarray(T.c), np.asarray(S.c)[rows])
+    np.testing.assert_array_equal(S.take_rows(np.arange(300)).toarray(), dense)
+    with pytest.raises(IndexError, match="out of range"):
+        S.take_rows([0, 300])
+    with pytest.raises(ValueError, match="at least one row"):
+        S.take_rows([])
