@@ -9,8 +9,9 @@ its own thread with one BLAS thread and one Numba thread (:func:`gpulin.implicit
 keeps every core busy with no thread handing work to another. NumPy, SciPy and the compiled
 kernels release the GIL in all heavy steps.
 
-Each task computes exactly what it computes alone with one thread, so results are deterministic
-for a given number of workers (and match a sequential run with ``GPULIN_NUM_THREADS=1``).
+Each task computes what it computes alone on one core, so results do not depend on which tasks
+run together, and are deterministic for a given number of workers (the evaluation tests compare
+them with one split at a time).
 """
 
 from __future__ import annotations

@@ -85,6 +85,7 @@ def _launch() -> Any:
 
 __all__ = [
     "CHUNK_BYTES",
+    "add_sparse_cell_gram",
     "chunk_bounds",
     "column_sums",
     "csr_rows_dense",
@@ -96,7 +97,6 @@ __all__ = [
     "row_splits",
     "scaled_right",
     "single_threaded_blas",
-    "add_sparse_cell_gram",
     "standardized_rows",
     "touched_empty",
     "sctop_rows",

@@ -486,6 +486,8 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--n-splits", type=int, default=None)
     p.add_argument("--group", default=None)
     p.add_argument("--preset", default="souza-mehta-2026", choices=list(PRESETS), help="classifier preset")
+    p.add_argument("--n-jobs", type=int, default=None,
+                   help="splits fitted at once (CPU default: one per core, each on one core; GPU: 1)")
     p.add_argument("--query", default=None)
     p.add_argument("--query-label", default=None, help="the query's label column (default: --label)")
     p.add_argument("--orthologs", default=None, help="CSV of 1:1 orthologs")
@@ -508,7 +510,7 @@ def _cli(args: argparse.Namespace) -> int:
     table = evaluate(adata, args.label, args.protocol, query=query, query_label_key=args.query_label,
                      orthologs=args.orthologs, ortholog_cols=tuple(args.ortholog_cols) if args.ortholog_cols else None,
                      approach=args.approach, preset=args.preset, device=args.device, min_cells=args.min_cells,
-                     n_splits=args.n_splits, group_key=args.group, out_dir=args.out_dir)
+                     n_splits=args.n_splits, group_key=args.group, out_dir=args.out_dir, n_jobs=args.n_jobs)
     print(table.to_string(index=False))
     print("\nmean:\n" + summarize(table).to_string())
     if "per_class" in table.attrs:

@@ -43,6 +43,14 @@ def test_evaluate_writes_the_tidy_table(tmp_path, capsys):
     rows = json.loads(out_json.read_text())
     assert len(rows) == 3 and all(0.0 <= r["macro_f1"] <= 1.0 for r in rows)
     assert "mean:" in capsys.readouterr().out
+    # one split at a time (--n-jobs 1) gives the same table; --n-jobs 0 is refused
+    rc = main(["evaluate", str(path), "--label", "cell_type", "--protocol", "kfold", "--n-splits", "3",
+               "--device", "cpu", "--min-cells", "20", "--n-jobs", "1", "--out", str(out_json)])
+    assert rc == 0
+    one = json.loads(out_json.read_text())
+    assert [r["macro_f1"] for r in one] == pytest.approx([r["macro_f1"] for r in rows], abs=1e-12)
+    assert main(["evaluate", str(path), "--label", "cell_type", "--device", "cpu", "--n-jobs", "0"]) == 2
+    assert "n_jobs" in capsys.readouterr().err
 
 
 def test_evaluate_reports_bad_input_without_a_traceback(tmp_path, capsys):
