@@ -27,12 +27,22 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def task_workers(n_jobs: int | None, n_tasks: int, on_gpu: bool) -> int:
-    """Tasks to run at once: ``n_jobs`` when given (>= 1), else one per CPU core gpulin uses on the
-    host (:func:`gpulin.implicit.cpu_workers`) and one at a time on a GPU; at most ``n_tasks``."""
+#: By default splits run side by side only for datasets of at most this many cells: their fits are
+#: chains of small dense steps (measured on 1,500-2,100 cells), and each concurrent split holds its
+#: own copy of its training cells. Larger fits are long sparse passes that already use every core.
+SIDE_BY_SIDE_MAX_CELLS = 10_000
+
+
+def task_workers(n_jobs: int | None, n_tasks: int, on_gpu: bool, n_cells: int = 0) -> int:
+    """Tasks to run at once, at most ``n_tasks``: on a GPU one (its kernels already fill it); on
+    the host ``n_jobs`` when given (>= 1), else one per CPU core gpulin uses
+    (:func:`gpulin.implicit.cpu_workers`) for datasets of at most :data:`SIDE_BY_SIDE_MAX_CELLS`
+    cells and one at a time for larger ones."""
     check_int("n_jobs", n_jobs, 1, allow_none=True)
+    if on_gpu:
+        return 1
     if n_jobs is None:
-        n_jobs = 1 if on_gpu else cpu_workers()
+        n_jobs = 1 if n_cells > SIDE_BY_SIDE_MAX_CELLS else cpu_workers()
     return max(1, min(int(n_jobs), int(n_tasks)))
 
 
@@ -58,4 +68,4 @@ def map_tasks(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterato
         yield from pool.map(one_core, items)
 
 
-__all__ = ["map_tasks", "task_workers"]
+__all__ = ["SIDE_BY_SIDE_MAX_CELLS", "map_tasks", "task_workers"]

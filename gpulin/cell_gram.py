@@ -100,9 +100,10 @@ class DenseAndRareGenes:
 
 def split_rare_genes(op: StandardizedOperator, density: float = RARE_GENE_DENSITY) -> DenseAndRareGenes | None:
     """The columns of a host ``op`` split into dense and rare genes (detected in fewer than
-    ``density`` of the cells), or None when the operator is on a GPU or fewer than
+    ``density`` of the cells), or None when the operator is on a GPU or runs the generic products
+    (``op.cpu_kernels`` off: the split uses compiled kernels), or fewer than
     :data:`MIN_RARE_SHARE` of its genes are rare."""
-    if op.backend.is_gpu or not isinstance(op, StandardizedOperator):
+    if not isinstance(op, StandardizedOperator) or op.backend.is_gpu or not op.cpu_kernels:
         return None
     S = op.S
     n = S.shape[0]

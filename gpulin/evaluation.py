@@ -286,11 +286,13 @@ def evaluate(
         Write ``metrics.csv``/``.json``, ``per_class.csv``, ``confusion.csv`` and ``confusion.png``
         (the last needs matplotlib) there.
     n_jobs : int, optional
-        Splits (or held-out types) fitted at once. On the CPU the default is one per core gpulin
-        uses (``GPULIN_NUM_THREADS``, else the cores), each split in its own thread with one core;
-        ``n_jobs=1`` fits one split at a time with every core on it. Each concurrent split holds its
-        own training matrix. On a GPU the default is 1. Results depend on the number of threads
-        only through floating-point rounding.
+        Splits (or held-out types) fitted at once, each in its own thread with one core. Default:
+        on the CPU, for datasets of at most 10,000 cells (after the ``min_cells`` filter), one per
+        core gpulin uses (``GPULIN_NUM_THREADS``, else the cores); otherwise 1 (one split at a
+        time with every core on it). On a GPU splits always run one at a time. Each concurrent
+        split holds its own copy of its training cells. Results depend on the number of threads
+        only through floating-point rounding; ``seconds`` is each split's wall time, so splits
+        run side by side overlap in it.
     classifier_params
         Overrides for :class:`~gpulin.classifier.CellTypeClassifier`.
 
@@ -366,7 +368,7 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
                     "n_known_held_out": len(held), "n_train": len(tr),
                     "novelty_auroc": float(roc_auc_score(y[te] == t, novelty)), "seconds": time.perf_counter() - t1}
 
-        workers = task_workers(n_jobs, len(types), backend.is_gpu)
+        workers = task_workers(n_jobs, len(types), backend.is_gpu, len(y))
         rows = list(_progress(map_tasks(novel_row, types, workers), len(types), "novel types", progress))
         return pd.DataFrame(rows).assign(protocol=protocol, approach=approach, transform_seconds=t_transform)
     groups = labels_of(ad_k, group_key) if group_key else None
@@ -384,9 +386,10 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
                  **classification_metrics(y[te], pred, proba, classes), "seconds": time.perf_counter() - t1}, pred)
 
     pooled_true, pooled_pred = [], []
-    workers = task_workers(n_jobs, len(splits), backend.is_gpu)
-    for (_, _, te), (row, pred) in zip(splits, _progress(map_tasks(split_result, splits, workers), len(splits),
-                                                          protocol, progress)):
+    workers = task_workers(n_jobs, len(splits), backend.is_gpu, len(y))
+    # consumed whole (list), so the thread pool and its BLAS limit end with the last split
+    results = list(_progress(map_tasks(split_result, splits, workers), len(splits), protocol, progress))
+    for (_, _, te), (row, pred) in zip(splits, results):
         pooled_true.append(y[te])
         pooled_pred.append(pred)
         rows.append(row)

@@ -35,6 +35,10 @@ def test_thread_workers_applies_to_the_calling_thread_only():
 
 
 def test_map_tasks_keeps_order_runs_one_core_per_task_and_raises():
+    from threadpoolctl import threadpool_info
+
+    before = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
     def task(i):
         return i, cpu_workers()
 
@@ -49,11 +53,19 @@ def test_map_tasks_keeps_order_runs_one_core_per_task_and_raises():
 
     with pytest.raises(KeyError, match="split 3"):
         list(map_tasks(fails, range(5), workers=2))
+    from threadpoolctl import threadpool_info
+
+    # the BLAS limit of the run ends with it (also when a task failed)
+    assert all(i["num_threads"] == before[i["filepath"]] for i in threadpool_info() if i["user_api"] == "blas")
 
 
 def test_task_workers_defaults_and_checks():
-    assert task_workers(None, 10, on_gpu=True) == 1
+    from gpulin._concurrent import SIDE_BY_SIDE_MAX_CELLS
+
+    assert task_workers(None, 10, on_gpu=True) == task_workers(4, 10, on_gpu=True) == 1
     assert task_workers(None, 10, on_gpu=False) == min(cpu_workers(), 10)
+    assert task_workers(None, 10, on_gpu=False, n_cells=SIDE_BY_SIDE_MAX_CELLS + 1) == 1  # large: one at a time
+    assert task_workers(2, 10, on_gpu=False, n_cells=SIDE_BY_SIDE_MAX_CELLS + 1) == 2  # unless asked
     assert task_workers(4, 3, on_gpu=False) == 3
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="n_jobs"):

@@ -194,7 +194,7 @@ def test_gram_rounds_basis_is_orthonormal_without_forming_it(shape):
     transpose = n < g
     omega = np.random.RandomState(0).normal(size=(min(n, g), 40))
     basis, MtQ = pca_module._rounds_on_sketch_gram(op, omega, transpose, 4)
-    assert basis.W is not None
+    assert basis.from_data and basis.W is not None
     Q = basis.times(np.eye(40), np).astype(np.float64)
     np.testing.assert_allclose(Q.T @ Q, np.eye(40), atol=1e-5)
     direct = op.matmat(Q.astype(np.float32)) if transpose else op.rmatmat(Q.astype(np.float32))
@@ -205,9 +205,34 @@ def test_gram_rounds_basis_is_orthonormal_without_forming_it(shape):
     S = gpulin.sctop_transform(make_counts(40, 400, seed=6))
     op = StandardizedOperator(S, GeneScaling.fit(S))
     basis, MtQ = pca_module._rounds_on_sketch_gram(op, np.random.RandomState(1).normal(size=(40, 40)), True, 4)
-    assert basis.W is None and MtQ is None
+    assert not basis.from_data and basis.W is None and MtQ is None
     Q = basis.data
     np.testing.assert_allclose(Q.T.astype(np.float64) @ Q, np.eye(40), atol=1e-5)
+
+
+def test_gram_rounds_form_the_sketch_when_its_factor_is_ill_conditioned():
+    """A steep, low-noise spectrum: R from the float32 Gram matrix would leave the basis far from
+    orthonormal (0.2 off, found in review), so the sketch is formed and factored instead; the
+    loadings of solver="sklearn" stay orthonormal and match a dense SVD on the signal."""
+    import gpulin.pca as pca_module
+    from strict_device import DenseOperator
+
+    rng = np.random.default_rng(0)
+    n, g = 150, 400
+    sv = np.array([300, 100, 30, 10, 5, 3, 2, 1.5])
+    U = np.linalg.qr(rng.standard_normal((n, 8)))[0]
+    V = np.linalg.qr(rng.standard_normal((g, 8)))[0]
+    A = (U * sv * np.sqrt(n * g) / 10) @ V.T + 0.1 * rng.standard_normal((n, g))
+    A = (A - A.mean(0)).astype(np.float32)
+    op = DenseOperator(A, gpulin.get_backend("cpu"))
+    basis, MtQ = pca_module._rounds_on_sketch_gram(op, np.random.RandomState(1).normal(size=(n, 20)), True, 7)
+    assert not basis.from_data and MtQ is not None
+    Q = basis.times(np.eye(20), np).astype(np.float64)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(20), atol=1e-6)
+    res = pca(op, 10, solver="sklearn", seed=0)
+    np.testing.assert_allclose(res.components @ res.components.T, np.eye(10), atol=1e-6)
+    exact = np.linalg.svd(A.astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(res.singular_values[:8], exact[:8], rtol=1e-4)
 
 
 @pytest.mark.gpu
