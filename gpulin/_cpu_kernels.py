@@ -89,6 +89,7 @@ __all__ = [
     "chunk_bounds",
     "column_sums",
     "csr_rows_dense",
+    "csr_take_columns",
     "csr_matmat",
     "csr_rmatmat_accumulate",
     "finish_transposed",
@@ -675,6 +676,107 @@ def value_counts(data: np.ndarray, threads: int) -> tuple[int, int, int]:
         _value_counts(data.ravel(), bounds, out)
     n_bad, n_neg, n_frac = (int(v) for v in out.sum(axis=0))
     return n_bad, n_neg, n_frac
+
+
+# ---------------------------------------------------------------------------------------------
+# Columns of a CSR matrix, re-indexed (query genes aligned to a reference's)
+# ---------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True, nogil=True)
+def _count_kept(indptr, indices, pos, bounds, counts):  # pragma: no cover - compiled
+    for t in prange(bounds.shape[0] - 1):
+        for i in range(bounds[t], bounds[t + 1]):
+            c = 0
+            for p in range(indptr[i], indptr[i + 1]):
+                if pos[indices[p]] >= 0:
+                    c += 1
+            counts[i] = c
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _take_columns(indptr, indices, data, pos, out_indptr, bounds, key_bits, out_indices, out_data):  # pragma: no cover
+    for t in prange(bounds.shape[0] - 1):
+        longest = 0
+        for i in range(bounds[t], bounds[t + 1]):
+            longest = max(longest, out_indptr[i + 1] - out_indptr[i])
+        tmp_c = np.empty(longest, dtype=out_indices.dtype)
+        tmp_v = np.empty(longest, dtype=out_data.dtype)
+        count = np.empty(257, dtype=np.int64)
+        for i in range(bounds[t], bounds[t + 1]):
+            a = out_indptr[i]
+            q = a
+            for p in range(indptr[i], indptr[i + 1]):
+                j = pos[indices[p]]
+                if j >= 0:
+                    out_indices[q] = j
+                    out_data[q] = data[p]
+                    q += 1
+            m = q - a
+            if key_bits == 0 or m < 2:
+                continue
+            # LSD radix sort of the row by column, 8 bits a pass (stable: duplicates keep their order)
+            src_c, src_v, dst_c, dst_v = out_indices[a:q], out_data[a:q], tmp_c[:m], tmp_v[:m]
+            shift = 0
+            in_tmp = False
+            while shift < key_bits:
+                for b in range(257):
+                    count[b] = 0
+                for k in range(m):
+                    count[((src_c[k] >> shift) & 255) + 1] += 1
+                for b in range(256):
+                    count[b + 1] += count[b]
+                for k in range(m):
+                    b = (src_c[k] >> shift) & 255
+                    dst_c[count[b]] = src_c[k]
+                    dst_v[count[b]] = src_v[k]
+                    count[b] += 1
+                src_c, dst_c = dst_c, src_c
+                src_v, dst_v = dst_v, src_v
+                in_tmp = not in_tmp
+                shift += 8
+            if in_tmp:
+                for k in range(m):
+                    out_indices[a + k] = tmp_c[k]
+                    out_data[a + k] = tmp_v[k]
+
+
+def csr_take_columns(X: Any, pos: np.ndarray, n_out: int, threads: int) -> Any:
+    """The columns of a host CSR ``X`` re-indexed through ``pos``: column ``g`` of ``X`` becomes
+    column ``pos[g]`` of the result (``-1``: dropped), a CSR matrix of shape (n_rows, ``n_out``)
+    with sorted indices when ``X`` has them; values keep their dtype. Columns nobody maps to are
+    empty (genes missing from a query count as zero).
+
+    Two passes in threads over row chunks (count; then copy, and radix-sort each row by column
+    when the map reorders columns or ``X``'s rows are unsorted); the generic
+    twin is ``X @ P`` with the 0/1 selection matrix ``P[g, pos[g]] = 1`` (tested equal). On the
+    2-core Xeon, 100k synthetic cells (110M stored values) to 15k of their 20k genes in another
+    order: 5.0 s with ``X @ P``.
+    """
+    import scipy.sparse as sp
+
+    pos = np.asarray(pos, dtype=np.int64)
+    if pos.shape != (X.shape[1],):
+        raise ValueError(f"pos has shape {pos.shape}; expected ({X.shape[1]},).")
+    indptr = np.asarray(X.indptr, dtype=np.int64)
+    threads = use_threads(threads)
+    bounds = chunk_bounds(indptr, threads * 4)
+    counts = np.empty(X.shape[0], dtype=np.int64)
+    with _launch():
+        _count_kept(indptr, X.indices, pos, bounds, counts)
+    out_indptr = np.zeros(X.shape[0] + 1, dtype=np.int64)
+    np.cumsum(counts, out=out_indptr[1:])
+    nnz = int(out_indptr[-1])
+    index_dtype = np.int32 if max(nnz, n_out) < 2**31 else np.int64
+    out_indices = touched_empty(nnz, index_dtype)
+    out_data = touched_empty(nnz, X.data.dtype)
+    kept = pos[pos >= 0]
+    monotone = bool(np.all(np.diff(kept) > 0))
+    sort = not (monotone and X.has_sorted_indices)
+    key_bits = 8 * max(1, -(-int(max(n_out - 1, 1)).bit_length() // 8)) if sort else 0
+    with _launch():
+        _take_columns(indptr, X.indices, X.data, pos, out_indptr, bounds, np.int64(key_bits), out_indices, out_data)
+    out = sp.csr_matrix((out_data, out_indices, out_indptr.astype(index_dtype)), shape=(X.shape[0], n_out), copy=False)
+    out.has_sorted_indices = bool(X.has_sorted_indices) or sort
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -341,7 +341,9 @@ class ScTOPProjection(_LabelScore, BaseEstimator):
             # profiles = W @ X with W[t, i] = 1 / (lib_i n_t) for the cells i of type t (sparse)
             weights = 1.0 / (lib * np.bincount(codes)[codes])
             W = where.sparse.csr_matrix((xp.asarray(weights), (xp.asarray(codes), xp.arange(n))), shape=(len(classes), n))
-            profiles = where.sparse.csr_matrix(W @ csr.astype(xp.float64))
+            # SciPy multiplies in the common dtype (float64) itself; an explicit float64 copy of a
+            # column-permuted host matrix also sorted its indices (Baron mouse: 43 ms against 12)
+            profiles = where.sparse.csr_matrix(W @ (csr if xp is np else csr.astype(xp.float64)))
         S = transform_implicit(profiles, "sctop", device=backend, check=False)
         self.basis_ = pd.DataFrame(S.toarray().T.astype(np.float64), index=np.asarray(genes).astype(str) if genes is not None else None, columns=classes)
         self.classes_ = classes

@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 
 from ._backend import CPU, Backend, is_gpu_array, memory_guard, releases_memory, resolve_backend, to_host
 from ._validation import as_csr, check_batch_size, check_int, check_n_components, check_number
-from .implicit import GeneScaling, StandardizedOperator
+from .implicit import GeneScaling, StandardizedOperator, cpu_workers
 from .pca import PCAResult, pca, whitening_divisors
 from .transforms import METHODS, median_library_size, transform_implicit
 
@@ -395,6 +395,12 @@ def align_genes(X: Any, query_genes: np.ndarray, ref_genes: np.ndarray, backend:
     ri = np.fromiter((pos[query_genes[i]] for i in qi), dtype=np.int64, count=len(qi))
     check_overlap(len(qi), len(ref_genes), len(query_genes), min_overlap, "reference")
     csr = as_csr(X, where)
+    if not where.is_gpu:  # compiled, in threads (CPU twin of the product below)
+        from ._cpu_kernels import csr_take_columns
+
+        pos = np.full(csr.shape[1], -1, dtype=np.int64)
+        pos[qi] = ri
+        return csr_take_columns(csr, pos, len(ref_genes), cpu_workers())
     xp = where.xp
     P = where.sparse.csr_matrix(
         (xp.ones(len(qi), dtype=csr.dtype), (xp.asarray(qi), xp.asarray(ri))), shape=(csr.shape[1], len(ref_genes))

@@ -425,7 +425,9 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
     labelled = query.obs[query_label_key].notna().to_numpy()  # unlabelled query cells are left out
     if not labelled.any():
         raise ValueError(f"No query cell has a label in query.obs[{query_label_key!r}].")
-    ref, query = ref[:, shared], query[labelled][:, shared]
+    # The query keeps its genes: the classifier and the projection align it to the reference's
+    # (shared) genes by name, in one compiled pass (a column-subset view here cost a second copy).
+    ref, query = ref[:, shared], query[labelled]
     t1 = time.perf_counter()
     if approach == "projection":
         clf = ScTOPProjection(device=device).fit(ref, label_key)

@@ -290,3 +290,45 @@ def test_standardized_tiles_equal_generic_tiles(select):
         assert a.dtype == np.float32 and a.shape == b.shape
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(fast.dense(1 << 30), generic.dense(1 << 30))
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("reorder", [False, True])
+def test_csr_take_columns_equals_the_selection_product(index_dtype, reorder):
+    """Columns re-indexed (kept in order, or permuted; some dropped, some new and empty) equal
+    the generic ``X @ P``: sorted rows, duplicates kept in storage order, empty rows, unsorted
+    input rows, int32 or int64 indices; values keep their dtype."""
+    rng = np.random.default_rng(3)
+    X = sp.random(60, 300, density=0.2, format="csr", random_state=2, dtype=np.float32)
+    X.data = np.round(X.data * 9 + 1).astype(np.float32)
+    X = sp.lil_matrix(X)
+    X[5, :] = 0  # an empty row
+    X = X.tocsr()
+    X.indices, X.indptr = X.indices.astype(index_dtype), X.indptr.astype(index_dtype)
+    cols = rng.permutation(300)[:200] if reorder else np.sort(rng.permutation(300)[:200])
+    pos = np.full(300, -1, dtype=np.int64)
+    pos[cols] = np.arange(200)
+    n_out = 210  # ten new, empty columns
+    P = sp.csr_matrix((np.ones(200, dtype=np.float32), (cols, np.arange(200))), shape=(300, n_out))
+    expected = (X @ P).tocsr()
+    expected.sort_indices()
+    got = K.csr_take_columns(X, pos, n_out, threads=2)
+    assert got.shape == (60, n_out) and got.dtype == np.float32 and got.has_sorted_indices
+    np.testing.assert_array_equal(got.indptr, expected.indptr)
+    np.testing.assert_array_equal(got.indices, expected.indices)
+    np.testing.assert_array_equal(got.data, expected.data)
+    # unsorted input rows, and a duplicated entry, come out sorted with the duplicate in place
+    U = X.copy()
+    for i in range(U.shape[0]):
+        a, b = U.indptr[i], U.indptr[i + 1]
+        U.indices[a:b], U.data[a:b] = U.indices[a:b][::-1].copy(), U.data[a:b][::-1].copy()
+    U.has_sorted_indices = False
+    got_u = K.csr_take_columns(U, pos, n_out, threads=2)
+    assert got_u.has_sorted_indices
+    np.testing.assert_array_equal(got_u.toarray(), expected.toarray())
+    D = sp.csr_matrix((np.array([1.0, 2.0, 4.0], dtype=np.float32), np.array([cols[0], cols[0], cols[1]]),
+                       np.array([0, 3])), shape=(1, 300))
+    got_d = K.csr_take_columns(D, pos, n_out, threads=1)
+    assert got_d.nnz == 3 and got_d.toarray()[0, 0] == 3.0 and got_d.toarray()[0, 1] == 4.0
+    with pytest.raises(ValueError, match="pos has shape"):
+        K.csr_take_columns(X, pos[:-1], n_out, threads=1)
