@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ._validation import check_int
 from .implicit import cpu_workers, thread_workers

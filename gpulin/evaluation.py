@@ -374,9 +374,9 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
     groups = labels_of(ad_k, group_key) if group_key else None
     n_splits = n_splits or (5 if protocol == "split5" else 10)
     splits = list(_splits(protocol, y, groups, n_splits))
-    rows = []
     if protocol == "group" and len(splits) < 2:
         raise ValueError(f"protocol='group' needs at least 2 distinct values in obs[{group_key!r}].")
+
     def split_result(split: tuple[str, np.ndarray, np.ndarray]) -> tuple[dict[str, Any], np.ndarray]:
         name, tr, te = split
         t1 = time.perf_counter()
@@ -385,7 +385,7 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
         return ({"split": name, "n_train": len(tr), "n_test": len(te),
                  **classification_metrics(y[te], pred, proba, classes), "seconds": time.perf_counter() - t1}, pred)
 
-    pooled_true, pooled_pred = [], []
+    rows, pooled_true, pooled_pred = [], [], []
     workers = task_workers(n_jobs, len(splits), backend.is_gpu, len(y))
     # consumed whole (list), so the thread pool and its BLAS limit end with the last split
     results = list(_progress(map_tasks(split_result, splits, workers), len(splits), protocol, progress))
@@ -492,7 +492,8 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--group", default=None)
     p.add_argument("--preset", default="souza-mehta-2026", choices=list(PRESETS), help="classifier preset")
     p.add_argument("--n-jobs", type=int, default=None,
-                   help="splits fitted at once (CPU default: one per core, each on one core; GPU: 1)")
+                   help="splits fitted at once, one core each (CPU default: one per core up to 10,000 cells, "
+                        "else 1; on a GPU always 1)")
     p.add_argument("--query", default=None)
     p.add_argument("--query-label", default=None, help="the query's label column (default: --label)")
     p.add_argument("--orthologs", default=None, help="CSV of 1:1 orthologs")

@@ -31,7 +31,6 @@ def f_classif(S: SparsePlusRowConstant, codes: np.ndarray) -> tuple[np.ndarray, 
     """
     from scipy import special
 
-    xp = S.backend.xp
     codes = np.asarray(codes)
     n = S.shape[0]
     if codes.shape != (n,):
