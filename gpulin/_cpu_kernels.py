@@ -742,7 +742,7 @@ def _take_columns(indptr, indices, data, pos, out_indptr, bounds, key_bits, out_
 def csr_take_columns(X: Any, pos: np.ndarray, n_out: int, threads: int) -> Any:
     """The columns of a host CSR ``X`` re-indexed through ``pos``: column ``g`` of ``X`` becomes
     column ``pos[g]`` of the result (``-1``: dropped), a CSR matrix of shape (n_rows, ``n_out``)
-    with sorted indices when ``X`` has them; values keep their dtype. Columns nobody maps to are
+    with sorted indices (duplicates kept, in storage order); values keep their dtype. Columns nobody maps to are
     empty (genes missing from a query count as zero).
 
     Two passes in threads over row chunks (count; then copy, and radix-sort each row by column
@@ -756,6 +756,8 @@ def csr_take_columns(X: Any, pos: np.ndarray, n_out: int, threads: int) -> Any:
     pos = np.asarray(pos, dtype=np.int64)
     if pos.shape != (X.shape[1],):
         raise ValueError(f"pos has shape {pos.shape}; expected ({X.shape[1]},).")
+    if pos.size and pos.max() >= n_out:
+        raise ValueError(f"pos maps a column to {int(pos.max())}, outside the {n_out} output columns.")
     indptr = np.asarray(X.indptr, dtype=np.int64)
     threads = use_threads(threads)
     bounds = chunk_bounds(indptr, threads * 4)

@@ -332,3 +332,5 @@ def test_csr_take_columns_equals_the_selection_product(index_dtype, reorder):
     assert got_d.nnz == 3 and got_d.toarray()[0, 0] == 3.0 and got_d.toarray()[0, 1] == 4.0
     with pytest.raises(ValueError, match="pos has shape"):
         K.csr_take_columns(X, pos[:-1], n_out, threads=1)
+    with pytest.raises(ValueError, match="outside the 150 output columns"):
+        K.csr_take_columns(X, pos, 150, threads=1)
