@@ -749,7 +749,7 @@ def csr_take_columns(X: Any, pos: np.ndarray, n_out: int, threads: int) -> Any:
     when the map reorders columns or ``X``'s rows are unsorted); the generic
     twin is ``X @ P`` with the 0/1 selection matrix ``P[g, pos[g]] = 1`` (tested equal). On the
     2-core Xeon, 100k synthetic cells (110M stored values) to 15k of their 20k genes in another
-    order: 5.0 s with ``X @ P``.
+    order: 0.58 s against 3.64 s for ``X @ P`` (``benchmarks/align_genes.py``).
     """
     import scipy.sparse as sp
 
