@@ -117,9 +117,13 @@ def split_rare_genes(op: StandardizedOperator, density: float = RARE_GENE_DENSIT
     dense_cols, rare_cols = np.flatnonzero(~rare), np.flatnonzero(rare)
     full = _scaling_over_all_genes(op)
     dense = StandardizedOperator(S, full, cols_of_S[dense_cols])
+    from ._cpu_kernels import csr_take_columns
+
+    pos = np.full(S.n_genes, -1, dtype=np.int64)  # the rare genes' columns in their own CSR
+    pos[cols_of_S[rare_cols]] = np.arange(len(rare_cols))
     rare_S = SparsePlusRowConstant(
-        blocks=[blk[:, cols_of_S[rare_cols]] for blk in S.blocks], row_starts=S.row_starts, c=S.c,
-        n_genes=len(rare_cols), backend=S.backend,
+        blocks=[csr_take_columns(blk, pos, len(rare_cols), op.workers) for blk in S.blocks], row_starts=S.row_starts,
+        c=S.c, n_genes=len(rare_cols), backend=S.backend,
     )
     rare_op = StandardizedOperator(rare_S, full.subset(cols_of_S[rare_cols]))
     return DenseAndRareGenes(dense, rare_op, dense_cols, rare_cols)

@@ -206,16 +206,6 @@ class SparsePlusRowConstant:
             out[start:stop] = blk @ V + cb[:, None] * colsum[None, :]
         return out
 
-    def rdot(self, U: Any) -> Any:
-        """``S.T @ U = D^T U + 1 (c^T U)`` for dense U (n_cells, k); float64 (n_genes, k)."""
-        xp = self.backend.xp
-        U = xp.asarray(U, dtype=xp.float64)
-        acc = xp.zeros((self.n_genes, U.shape[1]), dtype=xp.float64)
-        for start, stop, blk, cb in self.iter_blocks():
-            acc += blk.T @ U[start:stop]
-        acc += (self.c @ U)[None, :]
-        return acc
-
     def toarray(self) -> np.ndarray:
         """Materialize ``S`` as a dense NumPy float32 array (small inputs and tests only)."""
         out = np.empty(self.shape, dtype=np.float32)
