@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
@@ -335,8 +336,10 @@ def gene_mask(adata: Any, mask_var: Any, n_genes: int) -> np.ndarray:
 
 def _duplicated(genes: np.ndarray) -> np.ndarray:
     """The gene names that occur more than once (sorted)."""
-    names, counts = np.unique(genes, return_counts=True)
-    return names[counts > 1]
+    index = pd.Index(genes)
+    if index.is_unique:  # a hash table: the common case without sorting strings
+        return np.asarray(genes)[:0]
+    return np.unique(np.asarray(genes)[index.duplicated()])
 
 
 def check_unique_genes(genes: np.ndarray, whose: str, among: str = "") -> None:
@@ -389,10 +392,10 @@ def align_genes(X: Any, query_genes: np.ndarray, ref_genes: np.ndarray, backend:
     where = backend if is_gpu_array(X) else CPU
     if len(query_genes) == len(ref_genes) and np.array_equal(query_genes, ref_genes):
         return as_csr(X, where)  # already aligned (e.g. both sides cut to their shared genes)
-    pos = {g: i for i, g in enumerate(ref_genes)}
-    qi = np.fromiter((i for i, g in enumerate(query_genes) if g in pos), dtype=np.int64)
+    target = pd.Index(ref_genes).get_indexer(query_genes)  # unique reference genes: -1 = not one
+    qi = np.flatnonzero(target >= 0)
     check_unique_genes(query_genes[qi], "the query", among=" among the reference genes")
-    ri = np.fromiter((pos[query_genes[i]] for i in qi), dtype=np.int64, count=len(qi))
+    ri = target[qi].astype(np.int64)
     check_overlap(len(qi), len(ref_genes), len(query_genes), min_overlap, "reference")
     csr = as_csr(X, where)
     if not where.is_gpu:  # compiled, in threads (CPU twin of the product below)

@@ -35,7 +35,7 @@ from .classifier import PRESETS, CellTypeClassifier, ScTOPProjection, _assign, l
 from ._backend import get_backend, releases_memory, resolve_backend
 from ._concurrent import map_tasks, task_workers
 from ._validation import check_int
-from .embed import _matrix_and_genes
+from .embed import _matrix_and_genes, align_genes, check_unique_genes
 from .transforms import transform_implicit
 
 PROTOCOLS = ("split5", "kfold", "group", "transfer", "novel")
@@ -344,7 +344,8 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
         if approach == "projection":
             proj = ScTOPProjection(None, device=backend).fit(X[tr], y[tr])
             return _softmax(proj.order_parameters(X[te]).to_numpy()), np.asarray(proj.classes_)
-        clf = CellTypeClassifier(preset, device=backend, **classifier_params).fit_transformed(S.take_rows(tr), y[tr])
+        clf = CellTypeClassifier(preset, device=backend, **classifier_params).fit_transformed(
+            S.take_rows(tr), y[tr], loadings=False)  # predictions only: no PCA loadings needed
         return clf.predict_proba_transformed(S.take_rows(te)), np.asarray(clf.classes_)
 
     # as CellTypeClassifier.predict: cells below unassigned_threshold (when given) are "unassigned"
@@ -398,24 +399,30 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
 
 
 def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, approach, preset, device, min_cells, params) -> pd.DataFrame:
-    from .orthologs import map_orthologs
+    from .orthologs import ortholog_names
 
     if query is None:
         raise ValueError("protocol='transfer' needs query=AnnData.")
     # As published: every query cell whose type the reference knows is scored (min_cells applies to
     # the reference's training types only).
+    query_genes = np.asarray(query.var_names).astype(str)
+    n_query_genes = len(query_genes)
     if orthologs is not None:
         if ortholog_cols is None:
             raise ValueError("ortholog_cols=(query_column, reference_column) is required with orthologs.")
-        query = map_orthologs(query, orthologs, ortholog_cols[0], ortholog_cols[1])
-    shared = ref.var_names.intersection(query.var_names)
+        # map_orthologs' renaming, without its copy of the query: genes without a one-to-one
+        # ortholog get the name "" (no reference gene has it), the rest their ortholog's name
+        targets, mapped, stats = ortholog_names(query_genes, orthologs, ortholog_cols[0], ortholog_cols[1])
+        query_genes = np.where(mapped, targets, "").astype(str)
+        n_query_genes = stats["n_mapped"]
+    shared = ref.var_names.intersection(pd.Index(query_genes[query_genes != ""] if orthologs is not None else query_genes))
     # Both sides keep the shared genes only: too few of them (a query of another species passed
     # without orthologs=, other gene identifiers) would still give numbers, meaningless ones.
     min_overlap = params.get("min_gene_overlap", 0.5)
-    smaller = min(ref.n_vars, query.n_vars)
+    smaller = min(ref.n_vars, n_query_genes)
     if len(shared) == 0 or len(shared) < min_overlap * smaller:
         raise ValueError(
-            f"Reference ({ref.n_vars} genes) and query ({query.n_vars} genes) share {len(shared)} genes, "
+            f"Reference ({ref.n_vars} genes) and query ({n_query_genes} genes) share {len(shared)} genes, "
             f"{100 * len(shared) / max(smaller, 1):.1f}% of the smaller gene set; at least {100 * min_overlap:.0f}% "
             "are required (min_gene_overlap). Another species needs orthologs= (gpulin.map_orthologs); "
             "check that both use the same gene identifiers."
@@ -425,20 +432,30 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
     labelled = query.obs[query_label_key].notna().to_numpy()  # unlabelled query cells are left out
     if not labelled.any():
         raise ValueError(f"No query cell has a label in query.obs[{query_label_key!r}].")
-    # The query keeps its genes: the classifier and the projection align it to the reference's
-    # (shared) genes by name, in one compiled pass (a column-subset view here cost a second copy).
-    ref, query = ref[:, shared], query[labelled]
+    # Both count matrices are cut to the shared genes (in one order) by one compiled column take
+    # each, and the models see them by position: no AnnData column views (SciPy column indexing)
+    # and no renamed copy of the query.
     t1 = time.perf_counter()
+    shared_genes = np.asarray(shared).astype(str)
+    ref_genes = np.asarray(ref.var_names).astype(str)
+    check_unique_genes(ref_genes[pd.Index(shared_genes).get_indexer(ref_genes) >= 0], "the reference")
+    Xr, _ = _matrix_and_genes(ref, None)
+    Xq, _ = _matrix_and_genes(query, None)
+    backend = resolve_backend(device, Xr)
+    Xr = align_genes(Xr, ref_genes, shared_genes, backend)
+    Xq = align_genes(Xq if labelled.all() else Xq[labelled], query_genes, shared_genes, backend)
+    y_ref = labels_of(ref, label_key)
     if approach == "projection":
-        clf = ScTOPProjection(device=device).fit(ref, label_key)
-        a = clf.order_parameters(query).to_numpy()
+        clf = ScTOPProjection(device=backend).fit(Xr, y_ref)
+        a = clf.order_parameters(Xq).to_numpy()
         pred = _assign(np.asarray(clf.classes_), a, None)  # predict(): argmax, as published
         proba = _softmax(a)
     else:
-        clf = CellTypeClassifier(preset, device=device, **params).fit(ref, label_key)
-        proba = clf.predict_proba(query)
+        # predictions only: the PCA loadings are not formed (fit_transformed(loadings=False))
+        clf = CellTypeClassifier(preset, device=backend, **params)._fit(Xr, y_ref, None, loadings=False)
+        proba = clf.predict_proba(Xq)
         pred = clf._labels(proba, None)
-    yq = labels_of(query, query_label_key)
+    yq = labels_of(query if labelled.all() else query[labelled], query_label_key)
     classes = np.asarray(clf.classes_)
     if (yq.dtype.kind in "biuf") != (classes.dtype.kind in "biuf"):  # e.g. 1 in the reference, "1" in the query
         yq, classes = yq.astype(str), classes.astype(str)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["map_orthologs"]
+__all__ = ["map_orthologs", "ortholog_names"]
 
 
 def _read_table(table: pd.DataFrame | str | os.PathLike, source_col: str, target_col: str) -> pd.DataFrame:
@@ -31,6 +31,81 @@ def _read_table(table: pd.DataFrame | str | os.PathLike, source_col: str, target
     pairs = pairs.astype(str)
     pairs = pairs[(pairs[source_col].str.len() > 0) & (pairs[target_col].str.len() > 0)]
     return pairs.drop_duplicates()
+
+
+def ortholog_names(
+    var_names: Any,
+    table: pd.DataFrame | str | os.PathLike,
+    source_col: str,
+    target_col: str,
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """The renaming of :func:`map_orthologs` without touching any data.
+
+    Parameters
+    ----------
+    var_names : sequence of str
+        Gene names in the source species.
+    table, source_col, target_col
+        As in :func:`map_orthologs`.
+
+    Returns
+    -------
+    targets : numpy.ndarray of object, shape (n_genes,)
+        The target-species name of each gene (meaningful where ``keep``).
+    keep : numpy.ndarray of bool, shape (n_genes,)
+        The genes with an unambiguous one-to-one ortholog.
+    stats : dict
+        The counts of :func:`map_orthologs` (``uns["map_orthologs"]``).
+
+    Raises
+    ------
+    ValueError
+        Missing columns, or no gene maps.
+    """
+    pairs = _read_table(table, source_col, target_col)
+    src, tgt = pairs[source_col], pairs[target_col]
+    amb_src = set(src[src.duplicated(keep=False)])
+    amb_tgt = set(tgt[tgt.duplicated(keep=False)])
+    mapping = dict(zip(src, tgt))
+
+    genes = pd.Index(var_names).astype(str)
+    dup_gene = genes.duplicated(keep=False)
+    in_table = genes.isin(mapping.keys())
+    is_amb_src = in_table & (genes.isin(list(amb_src)) | dup_gene)
+    targets = np.array([mapping.get(g, "") for g in genes], dtype=object)
+    is_amb_tgt = ~is_amb_src & in_table & pd.Index(targets).isin(list(amb_tgt))
+    unmapped = ~in_table
+    keep = ~is_amb_src & ~is_amb_tgt & ~unmapped
+
+    stats = {
+        "n_input_genes": int(len(genes)),
+        "n_mapped": int(keep.sum()),
+        "n_dropped_ambiguous_source": int(is_amb_src.sum()),
+        "n_dropped_ambiguous_target": int(is_amb_tgt.sum()),
+        "n_unmapped": int(unmapped.sum()),
+    }
+    if stats["n_mapped"] == 0:
+        example = ", ".join(map(repr, list(genes[:3])))
+        table_example = ", ".join(map(repr, list(src.iloc[:3])))
+        raise ValueError(
+            f"No gene maps through the ortholog table ({source_col!r} -> {target_col!r}): "
+            f"{stats['n_unmapped']} of {stats['n_input_genes']} genes are absent from the table, "
+            f"{stats['n_dropped_ambiguous_source'] + stats['n_dropped_ambiguous_target']} ambiguous. "
+            f"Genes look like [{example}], table {source_col!r} like [{table_example}]: "
+            "check the species direction and the gene identifier type (symbols vs Ensembl IDs)."
+        )
+
+    if stats["n_mapped"] < 0.1 * stats["n_input_genes"]:
+        import warnings
+
+        warnings.warn(
+            f"Only {stats['n_mapped']} of {stats['n_input_genes']} genes map through the ortholog table "
+            f"({source_col!r} -> {target_col!r}); check that source_col names the genes' species (are the "
+            "columns swapped?) and the gene identifier type.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return targets, keep, stats
 
 
 def map_orthologs(
@@ -74,49 +149,8 @@ def map_orthologs(
     ValueError
         Missing columns, or no gene of ``adata`` maps.
     """
-    pairs = _read_table(table, source_col, target_col)
-    src, tgt = pairs[source_col], pairs[target_col]
-    amb_src = set(src[src.duplicated(keep=False)])
-    amb_tgt = set(tgt[tgt.duplicated(keep=False)])
-    mapping = dict(zip(src, tgt))
-
+    targets, keep, stats = ortholog_names(adata.var_names, table, source_col, target_col)
     genes = pd.Index(adata.var_names).astype(str)
-    dup_gene = genes.duplicated(keep=False)
-    in_table = genes.isin(mapping.keys())
-    is_amb_src = in_table & (genes.isin(list(amb_src)) | dup_gene)
-    targets = np.array([mapping.get(g, "") for g in genes], dtype=object)
-    is_amb_tgt = ~is_amb_src & in_table & pd.Index(targets).isin(list(amb_tgt))
-    unmapped = ~in_table
-    keep = ~is_amb_src & ~is_amb_tgt & ~unmapped
-
-    stats = {
-        "n_input_genes": int(len(genes)),
-        "n_mapped": int(keep.sum()),
-        "n_dropped_ambiguous_source": int(is_amb_src.sum()),
-        "n_dropped_ambiguous_target": int(is_amb_tgt.sum()),
-        "n_unmapped": int(unmapped.sum()),
-    }
-    if stats["n_mapped"] == 0:
-        example = ", ".join(map(repr, list(genes[:3])))
-        table_example = ", ".join(map(repr, list(src.iloc[:3])))
-        raise ValueError(
-            f"No gene of adata maps through the ortholog table ({source_col!r} -> {target_col!r}): "
-            f"{stats['n_unmapped']} of {stats['n_input_genes']} genes are absent from the table, "
-            f"{stats['n_dropped_ambiguous_source'] + stats['n_dropped_ambiguous_target']} ambiguous. "
-            f"adata genes look like [{example}], table {source_col!r} like [{table_example}]: "
-            "check the species direction and the gene identifier type (symbols vs Ensembl IDs)."
-        )
-
-    if stats["n_mapped"] < 0.1 * stats["n_input_genes"]:
-        import warnings
-
-        warnings.warn(
-            f"Only {stats['n_mapped']} of {stats['n_input_genes']} genes map through the ortholog table "
-            f"({source_col!r} -> {target_col!r}); check that source_col names adata's species (are the "
-            "columns swapped?) and the gene identifier type.",
-            UserWarning,
-            stacklevel=2,
-        )
     idx = np.flatnonzero(keep)
     out = adata[:, idx].copy()
     old_names = genes[idx]

@@ -13,6 +13,7 @@ on the GPU (tested: ``tests/test_pca.py``, CPU/GPU agreement, ``gpu`` marker).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,13 +53,30 @@ class PCAResult:
     """
 
     scores: Any
-    components: np.ndarray
+    components: np.ndarray | None
     singular_values: np.ndarray
     explained_variance: np.ndarray
     explained_variance_ratio: np.ndarray
     solver: str
     n_iter: int
     n_oversamples: int
+    #: ``components.T @ B`` for a host ``B`` (k, m) without the loadings (``loadings=False``):
+    #: one product with the data, valid while the operator's data are alive.
+    _deferred_loadings: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def components_t_times(self, B: np.ndarray) -> np.ndarray:
+        """``components.T @ B`` (n_genes, m), float64 on the host, for ``B`` of shape (k, m).
+
+        With ``loadings=False`` (``components`` is None) this is one product with the data and
+        ``m`` columns instead of the ``k``-column product that forms the loadings; the loadings'
+        signs are then not flipped (``B``'s rows pair with the scores' columns as returned).
+        """
+        B = np.asarray(B, dtype=np.float64)
+        if self.components is not None:
+            return self.components.T @ B
+        if self._deferred_loadings is None:
+            raise ValueError("This PCAResult has neither loadings nor a deferred product.")
+        return self._deferred_loadings(B)
 
 
 def _gram64(Y: Any, xp: Any, right: Any | None = None, *, float32_products: bool = False) -> np.ndarray:
@@ -283,6 +301,7 @@ def pca(
     n_oversamples: int | None = None,
     n_iter: int | None = None,
     seed: int = 0,
+    loadings: bool = True,
 ) -> PCAResult:
     """Top principal components of the implicit matrix ``op`` (already centred and scaled).
 
@@ -320,6 +339,12 @@ def pca(
         dimension, else 4.
     seed : int
         Seed of the Gaussian test matrix (drawn on the host, so CPU and GPU start alike).
+    loadings : bool
+        ``False``: callers that only need ``components.T @ B`` for a narrow ``B``
+        (:meth:`PCAResult.components_t_times`, e.g. a classifier folding its weights onto the genes)
+        may get ``components=None``: ``solver="sklearn"`` on fewer cells than genes then skips its
+        last pass over the data (the loadings, a k-column product) and leaves the signs as the
+        factorization gives them (svd_flip needs the loadings). Other solvers ignore it.
 
     Returns
     -------
@@ -330,7 +355,8 @@ def pca(
     k = int(n_components)
     if solver == "sklearn":
         return _pca_sklearn(op, k, n_oversamples=10 if n_oversamples is None else n_oversamples,
-                            n_iter=(7 if k < 0.1 * min(n, G) else 4) if n_iter is None else n_iter, seed=seed)
+                            n_iter=(7 if k < 0.1 * min(n, G) else 4) if n_iter is None else n_iter, seed=seed,
+                            loadings=loadings)
     if n_oversamples is None:
         n_oversamples = DEFAULT_OVERSAMPLES
     if n_iter is None:
@@ -539,7 +565,7 @@ SKETCH_GRAM_RTOL = 1.0 / 30.0
 ONE_PASS_CHOLESKY_RTOL = 1e-4
 
 
-def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int) -> PCAResult:
+def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int, loadings: bool = True) -> PCAResult:
     """scikit-learn's ``randomized_svd`` (as ``PCA(svd_solver="randomized")`` calls it) on ``op``.
 
     scikit-learn sketches ``M = A`` when ``n >= G`` and ``M = A.T`` otherwise (``transpose="auto"``),
@@ -587,8 +613,11 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int)
         evals, Uh = np.linalg.eigh(_gram64(C, xp))
         evals, Uh = evals[::-1][:k], Uh[:, ::-1][:, :k]
         sv = np.sqrt(np.maximum(evals, 0.0))
-        components = np.asarray(to_host(basis.times(Uh, xp))).T.copy()
         scores = (C @ xp.asarray(Uh.astype(C.dtype))).astype(xp.float32)
+        if not loadings:  # the loadings Q Uh are applied later, to a narrow right-hand side
+            deferred = lambda B: np.asarray(to_host(basis.times(Uh @ B, xp)), dtype=np.float64)  # noqa: E731
+            return _sklearn_result(scores, None, sv, n, op, n_iter, n_oversamples, deferred)
+        components = np.asarray(to_host(basis.times(Uh, xp))).T.copy()
     else:
         # Q spans cells; Bt = A^T Q = B^T, B = Uh s Vt.
         if Bt is None:
@@ -602,11 +631,17 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int)
     signs = _flip_signs(components)
     components *= signs[:, None]
     scores = scores * xp.asarray(signs.astype(np.float32))
+    return _sklearn_result(scores, components, sv, n, op, n_iter, n_oversamples)
+
+
+def _sklearn_result(scores: Any, components: np.ndarray | None, sv: np.ndarray, n: int, op: Any, n_iter: int,
+                    n_oversamples: int, deferred: Callable[[np.ndarray], np.ndarray] | None = None) -> PCAResult:
     explained_variance = sv**2 / max(n - 1, 1)
     total_var = op.total_variance()
     ratio = explained_variance / total_var if total_var > 0 else np.zeros_like(explained_variance)
     return PCAResult(scores=scores, components=components, singular_values=sv, explained_variance=explained_variance,
-                     explained_variance_ratio=ratio, solver="sklearn", n_iter=n_iter, n_oversamples=int(n_oversamples))
+                     explained_variance_ratio=ratio, solver="sklearn", n_iter=n_iter, n_oversamples=int(n_oversamples),
+                     _deferred_loadings=deferred)
 
 
 def _column_sumsq64(X: Any, xp: Any, block_rows: int = 1 << 15) -> np.ndarray:

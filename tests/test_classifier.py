@@ -396,3 +396,58 @@ def test_transfer_matches_integer_and_string_labels():
     query.obs["code"] = query.obs["code"].astype(str)  # 1 in the reference, "1" in the query
     t = evaluate(ref, "code", "transfer", query=query, device="cpu", min_cells=20, n_components=10)
     assert t["accuracy"].iloc[0] > 0.9
+
+
+@pytest.mark.parametrize("n_types", [2, 4])
+@pytest.mark.parametrize("preset", ["souza-mehta-2026", "lognorm-ridge"])
+def test_predictions_through_the_folded_weights_equal_the_model_on_the_embedding(preset, n_types):
+    """predict_proba is one product with folded_coef_ (loadings, whitening and coef_ multiplied
+    out); it equals the head applied to the whitened scores, and fitting without the PCA loadings
+    (what gpulin.evaluate does) predicts the same."""
+    a = labelled(seed=11)
+    a = a[a.obs["type"].isin([f"t{i}" for i in range(n_types)])].copy()
+    train, test = a[: int(0.7 * a.n_obs)].copy(), a[int(0.7 * a.n_obs):].copy()
+    clf = CellTypeClassifier(preset, device="cpu", n_components=15).fit(train, "type")
+    n_out = 1 if n_types == 2 else n_types
+    assert clf.folded_coef_.shape == (train.n_vars, n_out)
+    S = clf._query(test, None)
+    Z = np.asarray(clf.embed_transformed(S))
+    if clf.params["model"] == "logistic":
+        expected = clf.model_.predict_proba(Z)
+    else:
+        d = clf.model_.decision_function(Z)
+        d = np.stack([-d, d], axis=1) if d.ndim == 1 else d
+        expected = np.exp(d - d.max(axis=1, keepdims=True))
+        expected /= expected.sum(axis=1, keepdims=True)
+    proba = clf.predict_proba(test)
+    np.testing.assert_allclose(proba, expected, atol=1e-5)
+    # fitted without loadings (solver="sklearn" on fewer cells than genes skips them)
+    S_train = gpulin.transforms.transform_implicit(train.X, clf.params["method"], device="cpu")
+    lean = CellTypeClassifier(preset, device="cpu", n_components=15).fit_transformed(
+        S_train, train.obs["type"].to_numpy(), loadings=False)
+    np.testing.assert_allclose(lean.predict_proba_transformed(S), proba, atol=1e-5)
+    if preset == "souza-mehta-2026":
+        assert lean.components_ is None
+        with pytest.raises(ValueError, match="loadings=False"):
+            lean.embed_transformed(S)
+
+
+def test_transfer_renames_through_orthologs_as_map_orthologs_does():
+    """protocol='transfer' with an ortholog table (renamed in place, one column take per side)
+    gives the numbers of a query mapped by gpulin.map_orthologs first."""
+    a = labelled(seed=12)
+    ref, query = a[:250].copy(), a[250:].copy()
+    # the query in another "species": genes renamed, a few without an ortholog, two ambiguous
+    query.var_names = [f"m{g}" for g in query.var_names]
+    table = pd.DataFrame({"mouse": [f"mg{j}" for j in range(20, 300)] + ["mg20"],
+                          "human": [f"g{j}" for j in range(20, 300)] + ["g5"]})
+    kw = dict(device="cpu", min_cells=20, n_components=10)
+    for approach in ("pipeline", "projection"):
+        t = evaluate(ref, "type", "transfer", query=query, orthologs=table, ortholog_cols=("mouse", "human"),
+                     approach=approach, **kw)
+        mapped = gpulin.map_orthologs(query, table, "mouse", "human")
+        u = evaluate(ref, "type", "transfer", query=mapped, approach=approach, **kw)
+        assert t["n_shared_genes"].iloc[0] == u["n_shared_genes"].iloc[0] == 279
+        for col in ("macro_f1", "accuracy", "macro_auroc"):
+            assert t[col].iloc[0] == pytest.approx(u[col].iloc[0], abs=1e-12)
+        assert t["accuracy"].iloc[0] > 0.9

@@ -99,7 +99,7 @@ def test_errors(small, tmp_path):
     adata, table = small
     with pytest.raises(ValueError, match="no column"):
         map_orthologs(adata, table, "human", "dst")
-    with pytest.raises(ValueError, match="No gene of adata maps"):
+    with pytest.raises(ValueError, match="No gene maps through"):
         map_orthologs(adata, table, "dst", "src")  # wrong direction
     with pytest.raises(FileNotFoundError):
         map_orthologs(adata, tmp_path / "missing.csv", "src", "dst")
@@ -135,3 +135,14 @@ def test_swapped_columns_warn():
     mouse = ad.read_h5ad(BARON / "baron_mouse.h5ad")
     with pytest.warns(UserWarning, match=r"Only \d+ of 14877 genes map.*columns swapped"):
         map_orthologs(mouse, TABLE, "human.gene.name", "gene.name")
+
+
+def test_ortholog_names_is_the_renaming_of_map_orthologs(small):
+    from gpulin.orthologs import ortholog_names
+
+    adata, table = small
+    targets, keep, stats = ortholog_names(adata.var_names, table, "src", "dst")
+    out = map_orthologs(adata, table, "src", "dst")
+    assert list(targets[keep]) == list(out.var_names)
+    assert stats == out.uns["map_orthologs"]
+    assert keep.tolist() == [True, False, False, False, True, False, True, False]

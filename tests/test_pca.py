@@ -466,3 +466,24 @@ def test_degenerate_inputs_identical_cells_null_directions_and_whitening():
     assert est.explained_variance_ratio_.sum() <= 1 + 1e-6
     np.testing.assert_allclose(Z[:, -1], 0.0)  # whitened to zero, not to noise of unit variance
     np.testing.assert_allclose(est.transform(X)[:, -1], 0.0)
+
+
+@pytest.mark.parametrize("sketch_gram", [True, False], ids=["gram-rounds", "product-rounds"])
+def test_sklearn_solver_without_loadings_applies_them_later(sketch_gram, monkeypatch):
+    """loadings=False (fewer cells than genes): no components, the same scores up to each
+    column's sign (svd_flip needs the loadings), and components_t_times(B) equals the loadings'
+    product with B under those signs."""
+    import gpulin.pca as pca_module
+
+    monkeypatch.setattr(pca_module, "_sketch_gram_is_cheaper", lambda *a: sketch_gram)
+    S = gpulin.sctop_transform(make_counts(240, 400, seed=6), batch_size=97)
+    op = StandardizedOperator(S, GeneScaling.fit(S))
+    full = pca(op, 20, solver="sklearn", seed=1)
+    lean = pca(op, 20, solver="sklearn", seed=1, loadings=False)
+    assert lean.components is None
+    np.testing.assert_array_equal(lean.singular_values, full.singular_values)
+    signs = np.sign(np.sum(np.asarray(full.scores) * np.asarray(lean.scores), axis=0))
+    np.testing.assert_allclose(np.asarray(lean.scores) * signs, np.asarray(full.scores), atol=1e-5)
+    B = np.random.default_rng(0).normal(size=(20, 3))
+    np.testing.assert_allclose(lean.components_t_times(signs[:, None] * B), full.components.T @ B, atol=1e-5)
+    np.testing.assert_allclose(full.components_t_times(B), full.components.T @ B)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
-from .._backend import Backend, to_host
+from .._backend import Backend, backend_of, to_host
 from ._labels import (
     LinearClassifierBase,
     check_batch_size,
@@ -413,8 +413,15 @@ class LogisticRegression(LinearClassifierBase):
         -------
         numpy.ndarray of shape (n_samples, n_classes)
         """
-        backend, z = self._scores(X)
-        xp = backend.xp
+        _, z = self._scores(X)
+        return self.proba_from_decision(z)
+
+    @staticmethod
+    def proba_from_decision(z: Any) -> np.ndarray:
+        """Probabilities (host, (n_samples, n_classes)) from float64 decision values ``z`` of shape
+        (n_samples, 1) (two classes: ``[1 - sigmoid, sigmoid]``) or (n_samples, n_classes)
+        (softmax); ``z`` (NumPy or CuPy) is overwritten."""
+        xp = backend_of(z).xp
         if z.shape[1] == 1:
             p1 = 1.0 / (1.0 + xp.exp(-z[:, 0]))
             proba = xp.stack([1.0 - p1, p1], axis=1)
