@@ -27,9 +27,8 @@ def _read_table(table: pd.DataFrame | str | os.PathLike, source_col: str, target
         )
     if source_col == target_col:
         raise ValueError(f"source_col and target_col are the same column ({source_col!r}).")
-    pairs = table[[source_col, target_col]].dropna()
-    pairs = pairs.astype(str)
-    pairs = pairs[(pairs[source_col].str.len() > 0) & (pairs[target_col].str.len() > 0)]
+    pairs = table[[source_col, target_col]].dropna().astype(str)
+    pairs = pairs[(pairs[source_col].to_numpy() != "") & (pairs[target_col].to_numpy() != "")]
     return pairs.drop_duplicates()
 
 
@@ -64,16 +63,20 @@ def ortholog_names(
     """
     pairs = _read_table(table, source_col, target_col)
     src, tgt = pairs[source_col], pairs[target_col]
-    amb_src = set(src[src.duplicated(keep=False)])
-    amb_tgt = set(tgt[tgt.duplicated(keep=False)])
-    mapping = dict(zip(src, tgt))
+    # one row per source name (the first); ambiguity is judged on all rows. A last sentinel entry
+    # is what genes absent from the table (row -1) index.
+    first = ~src.duplicated().to_numpy()
+    src_amb = np.append(src.duplicated(keep=False).to_numpy()[first], False)
+    tgt_amb = np.append(tgt.duplicated(keep=False).to_numpy()[first], False)
+    tgt_first = np.append(tgt.to_numpy()[first], "").astype(object)
 
     genes = pd.Index(var_names).astype(str)
+    row = pd.Index(src.to_numpy()[first]).get_indexer(genes)  # -1: not in the table
+    in_table = row >= 0
     dup_gene = genes.duplicated(keep=False)
-    in_table = genes.isin(mapping.keys())
-    is_amb_src = in_table & (genes.isin(list(amb_src)) | dup_gene)
-    targets = np.array([mapping.get(g, "") for g in genes], dtype=object)
-    is_amb_tgt = ~is_amb_src & in_table & pd.Index(targets).isin(list(amb_tgt))
+    is_amb_src = in_table & (src_amb[row] | dup_gene)
+    targets = np.where(in_table, tgt_first[row], "").astype(object)
+    is_amb_tgt = ~is_amb_src & in_table & tgt_amb[row]
     unmapped = ~in_table
     keep = ~is_amb_src & ~is_amb_tgt & ~unmapped
 

@@ -334,3 +334,14 @@ def test_csr_take_columns_equals_the_selection_product(index_dtype, reorder):
         K.csr_take_columns(X, pos[:-1], n_out, threads=1)
     with pytest.raises(ValueError, match="outside the 150 output columns"):
         K.csr_take_columns(X, pos, 150, threads=1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_group_row_sums_equal_the_weighted_indicator_product(threads):
+    rng = np.random.default_rng(3)
+    X = sp.random(150, 70, density=0.2, format="csr", random_state=4, dtype=np.float32)
+    X.data = np.round(X.data * 10)
+    codes = rng.integers(0, 5, size=150)
+    weights = rng.uniform(0.1, 2.0, size=150)
+    W = sp.csr_matrix((weights, (codes, np.arange(150))), shape=(6, 150))  # group 5: no rows
+    np.testing.assert_allclose(K.group_row_sums(X, codes, weights, 6, threads), (W @ X).toarray(), rtol=1e-12)

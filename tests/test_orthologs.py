@@ -101,6 +101,8 @@ def test_errors(small, tmp_path):
         map_orthologs(adata, table, "human", "dst")
     with pytest.raises(ValueError, match="No gene maps through"):
         map_orthologs(adata, table, "dst", "src")  # wrong direction
+    with pytest.raises(ValueError, match="No gene maps through"):  # no usable pair at all
+        map_orthologs(adata, pd.DataFrame({"src": [None, ""], "dst": ["g1", "g2"]}), "src", "dst")
     with pytest.raises(FileNotFoundError):
         map_orthologs(adata, tmp_path / "missing.csv", "src", "dst")
     with pytest.raises(TypeError):
