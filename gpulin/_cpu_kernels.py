@@ -887,6 +887,9 @@ def csr_take_columns(X: Any, pos: np.ndarray, n_out: int, threads: int) -> Any:
         _take_columns(indptr, X.indices, X.data, pos, out_indptr, bounds, np.int64(key_bits), out_indices, out_data)
     out = sp.csr_matrix((out_data, out_indices, out_indptr.astype(index_dtype)), shape=(X.shape[0], n_out), copy=False)
     out.has_sorted_indices = bool(X.has_sorted_indices) or sort
+    if out.has_sorted_indices and len(kept) == len(np.unique(kept)) and X.has_canonical_format:
+        # no two columns land on one and X has no duplicate entries: so checks need no pass
+        out.has_canonical_format = True
     return out
 
 

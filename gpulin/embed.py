@@ -21,9 +21,10 @@ def get_matrix(adata: Any, layer: str | None) -> Any:
     """``adata.X`` or ``adata.layers[layer]``, with a clear error when absent; an on-disk matrix
     (backed AnnData) is read into memory (:func:`read_backed`)."""
     if layer is None:
-        if adata.X is None:
+        X = adata.X  # once: each access to a view's X slices the parent again
+        if X is None:
             raise ValueError("adata.X is None; pass layer= to use a layer of counts.")
-        return read_backed(adata.X)
+        return read_backed(X)
     if layer not in adata.layers:
         raise KeyError(f"Layer {layer!r} not found; available layers: {list(adata.layers.keys())}.")
     return read_backed(adata.layers[layer])

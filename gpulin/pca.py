@@ -529,7 +529,12 @@ def _rounds_on_sketch_gram(op: Any, omega: np.ndarray, transpose: bool, n_iter: 
             # 5x cheaper than Householder QR with Q formed explicitly). Householder QR on the last
             # round (and on a GPU), so that Qs is orthonormal and Y.T Y as conditioned as Y.
             HQs = _times_small(H, Qs, xp)  # host: row ranges in threads (2x on two cores)
-            Qs = _lu_span(HQs) if (i < n_iter - 1 and xp is np) else xp.linalg.qr(HQs)[0]
+            if xp is not np:
+                Qs = xp.linalg.qr(HQs)[0]
+            elif i < n_iter - 1:
+                Qs = _lu_span(HQs)
+            else:  # SciPy's float32 LAPACK (NumPy's qr works in float64: 2,142 x 230, 22 -> 8 ms)
+                Qs = scipy.linalg.qr(HQs, mode="economic", overwrite_a=True, check_finite=False)[0]
         HQs = np.asarray(to_host(_times_small(H, Qs, xp)), dtype=np.float64)
     del H
     Qs64 = np.asarray(to_host(Qs), dtype=np.float64)

@@ -330,6 +330,13 @@ def test_csr_take_columns_equals_the_selection_product(index_dtype, reorder):
                        np.array([0, 3])), shape=(1, 300))
     got_d = K.csr_take_columns(D, pos, n_out, threads=1)
     assert got_d.nnz == 3 and got_d.toarray()[0, 0] == 3.0 and got_d.toarray()[0, 1] == 4.0
+    # canonical (sorted, no duplicates) is claimed only when it holds
+    assert got.has_canonical_format and not got_d.has_canonical_format
+    merge = pos.copy()
+    merge[cols[1]] = 0  # two columns land on one
+    got_m = K.csr_take_columns(X, merge, n_out, threads=1)
+    assert got_m.has_sorted_indices and not got_m.has_canonical_format
+    np.testing.assert_array_equal(got_m.toarray()[:, 0], X.toarray()[:, cols[0]] + X.toarray()[:, cols[1]])
     with pytest.raises(ValueError, match="pos has shape"):
         K.csr_take_columns(X, pos[:-1], n_out, threads=1)
     with pytest.raises(ValueError, match="outside the 150 output columns"):
