@@ -487,3 +487,29 @@ def test_sklearn_solver_without_loadings_applies_them_later(sketch_gram, monkeyp
     B = np.random.default_rng(0).normal(size=(20, 3))
     np.testing.assert_allclose(lean.components_t_times(signs[:, None] * B), full.components.T @ B, atol=1e-5)
     np.testing.assert_allclose(full.components_t_times(B), full.components.T @ B)
+
+
+@pytest.mark.parametrize("sketch_gram", [True, False], ids=["gram-rounds", "product-rounds"])
+def test_deferred_loadings_on_a_strict_cupy_stand_in(sketch_gram, monkeypatch):
+    """pca(loadings=False) through the device branches (tests/strict_device.py): the deferred
+    product comes back to the host and equals the host loadings' product under the signs."""
+    import dataclasses
+
+    import gpulin.pca as pca_module
+    from strict_device import DenseOperator, xp as strict_xp
+
+    monkeypatch.setattr(pca_module, "_sketch_gram_is_cheaper", lambda *a: sketch_gram)
+    rng = np.random.default_rng(8)
+    A = ((rng.standard_normal((120, 5)) * [30, 20, 12, 8, 5]) @ rng.standard_normal((5, 300))
+         + rng.standard_normal((120, 300))).astype(np.float32)
+    A -= A.mean(axis=0)
+    backend = gpulin.get_backend("cpu")
+    host = pca(DenseOperator(A, backend), 5, solver="sklearn", seed=3)
+    device_backend = dataclasses.replace(backend, name="cuda", xp=strict_xp)
+    dev = pca(DenseOperator(A, device_backend), 5, solver="sklearn", seed=3, loadings=False)
+    assert dev.components is None
+    signs = np.sign(np.sum(dev.scores.get() * np.asarray(host.scores), axis=0))
+    B = rng.standard_normal((5, 2))
+    got = dev.components_t_times(signs[:, None] * B)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_allclose(got, host.components.T @ B, atol=1e-4 * np.abs(host.components.T @ B).max())
