@@ -272,10 +272,7 @@ class CellTypeClassifier(_LabelScore, BaseEstimator):
         # (A C^T / w) B^T + b (A the standardized cells, C the loadings, w the whitening divisors,
         # B the model's coef_) are A (C^T diag(1/w) B^T) + b, one product of the cells with this
         # genes x n_out matrix instead of one with the genes x n_components loadings.
-        scaled = np.asarray(model.coef_, dtype=np.float64).T
-        if p["whiten"]:
-            scaled = scaled / whitening_divisors(self.explained_variance_)[:, None]
-        self.folded_coef_ = res.components_t_times(scaled)
+        self.folded_coef_ = res.components_t_times(self._whitened_coef())
         self.classes_ = model.classes_
         self.n_genes_in_ = G
         return self
@@ -313,6 +310,8 @@ class CellTypeClassifier(_LabelScore, BaseEstimator):
         # 11,674 genes at 13% density, 13 columns: 27 ms with tiles)
         op = StandardizedOperator(S, self.scaling_.on(S.backend), self.genes_, dense_tiles=False)
         xp = S.backend.xp
+        if not hasattr(self, "folded_coef_"):  # fitted (and pickled) before gpulin kept it
+            self.folded_coef_ = self.components_.T @ self._whitened_coef()
         z = op.matmat(xp.asarray(self.folded_coef_)).astype(xp.float64)
         z += xp.asarray(np.asarray(self.model_.intercept_, dtype=np.float64))[None, :]
         return z
@@ -321,6 +320,13 @@ class CellTypeClassifier(_LabelScore, BaseEstimator):
         return self._labels(self.predict_proba_transformed(S), unassigned_threshold)
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _whitened_coef(self) -> np.ndarray:
+        """The head's weights on the (unwhitened) PCA scores, float64 (n_components, n_out)."""
+        coef = np.asarray(self.model_.coef_, dtype=np.float64).T
+        if self.params["whiten"]:
+            coef = coef / whitening_divisors(self.explained_variance_)[:, None]
+        return coef
+
     def _whiten(self, scores: Any, xp: Any) -> Any:
         if not self.params["whiten"]:
             return scores

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .classifier import PRESETS, CellTypeClassifier, ScTOPProjection, _assign, labels_of
-from ._backend import get_backend, releases_memory, resolve_backend
+from ._backend import backend_of, get_backend, is_gpu_array, releases_memory, resolve_backend
 from ._concurrent import map_tasks, task_workers
 from ._validation import check_int
 from .embed import _matrix_and_genes, align_genes, check_unique_genes
@@ -443,7 +443,10 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
     Xq, _ = _matrix_and_genes(query, None)
     backend = resolve_backend(device, Xr)
     Xr = align_genes(Xr, ref_genes, shared_genes, backend)
-    Xq = align_genes(Xq if labelled.all() else Xq[labelled], query_genes, shared_genes, backend)
+    if not labelled.all():
+        rows = np.flatnonzero(labelled)
+        Xq = Xq[backend_of(Xq).asarray(rows) if is_gpu_array(Xq) else rows]
+    Xq = align_genes(Xq, query_genes, shared_genes, backend)
     y_ref = labels_of(ref, label_key)
     if approach == "projection":
         clf = ScTOPProjection(device=backend).fit(Xr, y_ref)

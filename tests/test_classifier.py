@@ -421,6 +421,8 @@ def test_predictions_through_the_folded_weights_equal_the_model_on_the_embedding
         expected /= expected.sum(axis=1, keepdims=True)
     proba = clf.predict_proba(test)
     np.testing.assert_allclose(proba, expected, atol=1e-5)
+    del clf.folded_coef_  # as in an estimator pickled before gpulin kept it
+    np.testing.assert_allclose(clf.predict_proba(test), proba, atol=1e-12)
     # fitted without loadings (solver="sklearn" on fewer cells than genes skips them)
     S_train = gpulin.transforms.transform_implicit(train.X, clf.params["method"], device="cpu")
     lean = CellTypeClassifier(preset, device="cpu", n_components=15).fit_transformed(
