@@ -140,7 +140,8 @@ class CellTypeClassifier(_LabelScore, BaseEstimator):
     scaling_ : GeneScaling
         Per-gene means and scales of the training cells (host).
     components_ : numpy.ndarray of shape (n_components, n_selected_genes)
-        PCA loadings (None after ``fit_transformed(..., loadings=False)``).
+        PCA loadings (None when ``fit_transformed(..., loadings=False)`` skipped them: with
+        ``solver="sklearn"`` on fewer cells than genes).
     explained_variance_ : numpy.ndarray of shape (n_components,)
     model_ : LogisticRegression or RidgeClassifier
         The head, fitted on the (whitened) scores.

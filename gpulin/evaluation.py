@@ -411,7 +411,7 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
         if ortholog_cols is None:
             raise ValueError("ortholog_cols=(query_column, reference_column) is required with orthologs.")
         # map_orthologs' renaming, without its copy of the query: genes without a one-to-one
-        # ortholog get the name "" (no reference gene has it), the rest their ortholog's name
+        # ortholog get the name "" (left out of the shared genes below), the rest their ortholog's
         targets, mapped, stats = ortholog_names(query_genes, orthologs, ortholog_cols[0], ortholog_cols[1])
         query_genes = np.where(mapped, targets, "").astype(str)
         n_query_genes = stats["n_mapped"]

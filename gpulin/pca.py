@@ -35,9 +35,13 @@ class PCAResult:
     ----------
     scores : array, shape (n_cells, k), float32, on the operator's device
         Principal component scores ``A @ components.T`` (= ``U * S``; not whitened).
-    components : numpy.ndarray, shape (k, n_genes), float64
+    components : numpy.ndarray, shape (k, n_genes), float64, or None
         Loadings (rows orthonormal), sign-fixed like scikit-learn's ``svd_flip`` with
         ``u_based_decision=False`` (largest-magnitude loading of each component is positive).
+        None when ``pca(..., loadings=False)`` skipped them (``solver="sklearn"`` on fewer cells
+        than genes): the scores' signs are then not flipped, and
+        :meth:`components_t_times` applies the loadings with one pass over the data (the
+        result then holds a reference to the operator's data and does not pickle).
     singular_values : numpy.ndarray, shape (k,)
     explained_variance : numpy.ndarray, shape (k,)
         ``singular_values**2 / (n_cells - 1)``.

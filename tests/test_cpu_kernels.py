@@ -351,4 +351,17 @@ def test_group_row_sums_equal_the_weighted_indicator_product(threads):
     codes = rng.integers(0, 5, size=150)
     weights = rng.uniform(0.1, 2.0, size=150)
     W = sp.csr_matrix((weights, (codes, np.arange(150))), shape=(6, 150))  # group 5: no rows
-    np.testing.assert_allclose(K.group_row_sums(X, codes, weights, 6, threads), (W @ X).toarray(), rtol=1e-12)
+    np.testing.assert_array_equal(K.group_row_sums(X, codes, weights, 6, threads), (W @ X).toarray())
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 4\)"):
+        K.group_row_sums(X, codes, weights, 4, threads)
+
+
+def test_sctop_rows_take_float32_keys_of_huge_integer_counts_directly():
+    """Counts past 2**53 (int64): the key is the count's float32, as in the generic block, not
+    the float32 of its float64 (which would round twice)."""
+    data = np.array([2**60 + 2**36 + 1, 2**60 + 2**37, 1, 2**58 + 1, 2**40], dtype=np.int64)
+    X = sp.csr_matrix((data, np.arange(5), [0, 5]), shape=(1, 8))
+    d, c, _ = K.sctop_rows(X.indptr, X.data, 8, 1)
+    d_gen, c_gen, _ = _sctop_block(X, 8, CPU)
+    np.testing.assert_array_equal(d, d_gen)
+    np.testing.assert_allclose(c, c_gen, rtol=1e-15)
