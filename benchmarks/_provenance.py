@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Short hash of HEAD, with ``-dirty`` when tracked files differ from it; ``"unknown"`` outside
+    """Short hash of HEAD, with ``-dirty`` when tracked files other than the result files
+    (``benchmarks/results/``, which earlier benchmarks of a series rewrite) differ from it; ``"unknown"`` outside
     a git checkout (for example on the GPU machine, which gets a copy of the working tree).
     Taken once, when a benchmark imports this module (its start), and cached: edits made while a
     long benchmark runs do not change what it reports."""
@@ -21,7 +22,7 @@ def git_commit() -> str:
 
     try:
         sha = git("rev-parse", "--short", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"))
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("-dirty" if dirty else "")
