@@ -234,6 +234,31 @@ def test_classifier_and_projection_cpu_and_gpu_agree(query_on_gpu):
     np.testing.assert_allclose(out["cuda"][1], out["cpu"][1], atol=1e-5)
 
 
+@pytest.mark.gpu
+def test_transfer_protocol_cpu_and_gpu_agree():
+    """protocol='transfer' (orthologs renamed in place, unlabelled query cells dropped from counts
+    that live on the GPU) gives the CPU's numbers on the GPU."""
+    import cupyx.scipy.sparse as cusp
+
+    a = labelled(n=500, seed=13)
+    ref, query = a[:350].copy(), a[350:].copy()
+    query.var_names = [f"m{g}" for g in query.var_names]
+    query.obs["type"] = query.obs["type"].astype(object)
+    query.obs.iloc[:10, 0] = np.nan
+    on_gpu = query.copy()
+    on_gpu.X = cusp.csr_matrix(query.X)
+    table = pd.DataFrame({"mouse": [f"mg{j}" for j in range(300)], "human": [f"g{j}" for j in range(300)]})
+    out = {}
+    for device, q in (("cpu", query), ("cuda", on_gpu)):
+        for approach in ("pipeline", "projection"):
+            out[device, approach] = evaluate(ref, "type", "transfer", query=q, orthologs=table,
+                                             ortholog_cols=("mouse", "human"), approach=approach, device=device,
+                                             min_cells=20, n_components=10).iloc[0]
+    for approach in ("pipeline", "projection"):
+        assert out["cuda", approach]["n_test"] == out["cpu", approach]["n_test"] == 140
+        assert out["cuda", approach]["accuracy"] == pytest.approx(out["cpu", approach]["accuracy"], abs=0.01)
+
+
 def test_fitted_estimators_pickle_and_predict_the_same():
     """Fitted estimators pickle (joblib.dump works the same way) and give identical results after
     loading: they keep host arrays, and their backend pickles as its device name."""

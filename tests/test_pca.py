@@ -243,10 +243,18 @@ def test_sklearn_solver_cpu_and_gpu_agree(shape):
     out = {}
     for device in ("cpu", "cuda"):
         S = gpulin.transforms.transform_implicit(X, "sctop", device=device)
-        out[device] = pca(StandardizedOperator(S, GeneScaling.fit(S)), 30, solver="sklearn", seed=3)
+        op = StandardizedOperator(S, GeneScaling.fit(S))
+        out[device] = pca(op, 30, solver="sklearn", seed=3)
+        out[device + "-lean"] = pca(op, 30, solver="sklearn", seed=3, loadings=False)
     np.testing.assert_allclose(out["cuda"].singular_values, out["cpu"].singular_values, rtol=1e-5)
     cos = np.abs(np.sum(out["cuda"].components * out["cpu"].components, axis=1))
     assert cos.min() > 1 - 1e-5
+    # without the loadings (fewer cells than genes): the deferred product under the scores' signs
+    lean, full = out["cuda-lean"], out["cpu"]
+    signs = np.sign(np.sum(lean.scores.get() * np.asarray(full.scores), axis=0))
+    B = np.random.default_rng(0).normal(size=(30, 3))
+    expected = full.components.T @ B
+    np.testing.assert_allclose(lean.components_t_times(signs[:, None] * B), expected, atol=1e-3 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("small_qr_size", [None, 0], ids=["host-householder", "cholesky-qr"])
