@@ -50,6 +50,22 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def warn_uncalibrated_threshold(model: str, threshold: float | None, stacklevel: int = 2) -> None:
+    """A warning when an ``unassigned_threshold`` is applied to a ridge head's softmax scores
+    (``stacklevel`` as in :func:`warnings.warn`, counted from the caller of this function)."""
+    if threshold is not None and model == "ridge":
+        import warnings
+
+        warnings.warn(
+            f"unassigned_threshold={threshold} compares the top class probability, but a ridge head's "
+            "probabilities are a softmax of its regression scores, not calibrated (top values near "
+            "1 / n_classes), so most cells may come out 'unassigned'. Use model='logistic' for a "
+            "threshold, or rank cells by novelty_score().",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
 def _assign(classes: np.ndarray, scores: np.ndarray, threshold: float | None) -> np.ndarray:
     """The top-scoring class of each row, in the labels' own type; with a ``threshold``, an object
     array where rows whose top score is below it are :data:`UNASSIGNED`."""
@@ -74,7 +90,12 @@ def labels_of(adata: Any, labels: Any) -> np.ndarray:
             raise KeyError(f"Label column {labels!r} not in adata.obs; columns: {list(obs.columns)}.")
         y, where = obs[labels], f"adata.obs[{labels!r}]"
     else:
-        y = labels if isinstance(labels, pd.Series) else pd.Series(np.asarray(to_host(labels)).ravel())
+        if isinstance(labels, pd.Series):
+            y = _aligned_to_cells(labels, adata)
+        elif isinstance(labels, (list, tuple)):
+            y = pd.Series(list(labels))  # pandas infers the type; None / NaN stay missing
+        else:
+            y = pd.Series(np.asarray(to_host(labels)).ravel())
         where = "the labels"
         if len(y) != n:
             raise ValueError(f"Got {len(y)} labels for {n} cells.")
@@ -84,6 +105,23 @@ def labels_of(adata: Any, labels: Any) -> np.ndarray:
     if values.dtype.kind in "biuf":
         return values
     return np.asarray(y.astype(str))
+
+
+def _aligned_to_cells(labels: pd.Series, adata: Any) -> pd.Series:
+    """A Series of labels in the order of ``adata``'s cells: by its index when that names the
+    cells (``obs_names``, in any order), by position when it is a default 0..n-1 index; an index of
+    other names is an error (silently using it by position would mislabel cells)."""
+    names = getattr(adata, "obs_names", None)
+    index = labels.index
+    if names is None or index.equals(names) or index.equals(pd.RangeIndex(len(labels))):
+        return labels.reset_index(drop=True)
+    if len(index) == len(names) and index.is_unique and index.isin(names).all():
+        return labels.reindex(names).reset_index(drop=True)
+    missing = pd.Index(names).difference(index)
+    raise ValueError(
+        f"The labels' index does not match adata.obs_names ({len(missing)} cells have no entry, e.g. "
+        f"{list(missing[:3])}); index the Series by obs_names, or pass labels.to_numpy() to use them by position."
+    )
 
 
 class _LabelScore(ClassifierMixin):
@@ -124,6 +162,9 @@ class CellTypeClassifier(_LabelScore, BaseEstimator):
         default, which the published pipeline used.
     unassigned_threshold : float, optional
         Default for :meth:`predict`: cells whose top probability is below it are "unassigned".
+        Meant for the logistic head, whose probabilities are calibrated by its loss; a ridge
+        head's "probabilities" are a softmax of its regression scores (top values near
+        1 / n_classes), so a threshold on them warns (rank cells by :meth:`novelty_score` instead).
     seed : int
         Seed of the PCA's random draw (default 0).
     batch_size : int, optional
@@ -214,8 +255,11 @@ class CellTypeClassifier(_LabelScore, BaseEstimator):
         """Class probabilities (n_cells, n_classes); for ridge, a softmax of the decision values."""
         return self.predict_proba_transformed(self._query(adata, layer))
 
-    def predict(self, adata: Any, *, layer: str | None = None, unassigned_threshold: float | None = None) -> np.ndarray:
-        """Predicted labels; cells below ``unassigned_threshold`` (top probability) are "unassigned"."""
+    def predict(self, adata: Any, *, layer: str | None = None, unassigned_threshold: float | None = -np.inf) -> np.ndarray:
+        """Predicted labels; cells below ``unassigned_threshold`` (top probability) are "unassigned".
+
+        ``unassigned_threshold``: the constructor's when not given; None: no threshold.
+        """
         return self._labels(self.predict_proba(adata, layer=layer), unassigned_threshold)
 
     def novelty_score(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
@@ -317,7 +361,7 @@ class CellTypeClassifier(_LabelScore, BaseEstimator):
         z += xp.asarray(np.asarray(self.model_.intercept_, dtype=np.float64))[None, :]
         return z
 
-    def predict_transformed(self, S: SparsePlusRowConstant, unassigned_threshold: float | None = None) -> np.ndarray:
+    def predict_transformed(self, S: SparsePlusRowConstant, unassigned_threshold: float | None = -np.inf) -> np.ndarray:
         return self._labels(self.predict_proba_transformed(S), unassigned_threshold)
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -333,8 +377,13 @@ class CellTypeClassifier(_LabelScore, BaseEstimator):
             return scores
         return scores / xp.asarray(whitening_divisors(self.explained_variance_).astype(np.float32))[None, :]
 
-    def _labels(self, proba: np.ndarray, threshold: float | None) -> np.ndarray:
-        threshold = self.params["unassigned_threshold"] if threshold is None else threshold
+    def _labels(self, proba: np.ndarray, threshold: float | None = -np.inf) -> np.ndarray:
+        """Labels from probabilities; ``threshold``: -inf for the constructor's, None for none."""
+        if threshold == -np.inf:
+            threshold = self.params["unassigned_threshold"]
+        else:
+            check_number("unassigned_threshold", threshold, 0.0, 1.0, allow_none=True)
+        warn_uncalibrated_threshold(self.params["model"], threshold, stacklevel=3)  # predict()'s caller
         return _assign(np.asarray(self.classes_), proba, threshold)
 
     def _query(self, adata: Any, layer: str | None) -> SparsePlusRowConstant:

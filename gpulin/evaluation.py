@@ -32,7 +32,8 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from .classifier import PRESETS, CellTypeClassifier, ScTOPProjection, _assign, labels_of
+from .classifier import (PRESETS, UNASSIGNED, CellTypeClassifier, ScTOPProjection, _assign, labels_of,
+                         warn_uncalibrated_threshold)
 from ._backend import backend_of, get_backend, is_gpu_array, releases_memory, resolve_backend
 from ._concurrent import map_tasks, task_workers
 from ._validation import check_int
@@ -43,10 +44,30 @@ from .transforms import transform_implicit
 PROTOCOLS = ("split5", "kfold", "group", "transfer", "novel")
 
 
+def _sorted_labels(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)``, with :data:`UNASSIGNED` (the predictions below a
+    threshold) last: it sorts with string labels and also appears beside int or bool ones."""
+    values = np.asarray(values)
+    if values.dtype.kind != "O":
+        return np.unique(values, return_inverse=True)
+    unassigned = np.array([isinstance(v, str) and v == UNASSIGNED for v in values], dtype=bool)
+    known = np.unique(values[~unassigned].tolist())  # one label type: NumPy's own order
+    labels = np.empty(len(known) + int(unassigned.any()), dtype=object)
+    labels[: len(known)] = known.tolist()
+    if unassigned.any():
+        labels[-1] = UNASSIGNED
+    codes = np.full(len(values), len(known), dtype=np.int64)
+    codes[~unassigned] = np.searchsorted(known, values[~unassigned].tolist())
+    return labels, codes
+
+
 def confusion_table(y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
-    """Confusion counts, rows = true label, columns = predicted label (union of both label sets, sorted)."""
+    """Confusion counts, rows = true label, columns = predicted label (union of both label sets,
+    sorted; "unassigned" predictions last)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    labels, codes = np.unique(np.concatenate([y_true, y_pred]), return_inverse=True)
+    both = np.concatenate([y_true.astype(object), y_pred.astype(object)]) if "O" in (y_true.dtype.kind, y_pred.dtype.kind) \
+        else np.concatenate([y_true, y_pred])
+    labels, codes = _sorted_labels(both)
     L = len(labels)
     counts = np.bincount(codes[: len(y_true)] * L + codes[len(y_true) :], minlength=L * L).reshape(L, L)
     return pd.DataFrame(counts, index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
@@ -79,6 +100,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, proba: np.nda
 
     Macro averages run over the union of true and predicted labels (scikit-learn's default, as
     in the published protocol): predicting a type absent from the query adds a zero-F1 class.
+    Cells predicted "unassigned" (below an ``unassigned_threshold``) count as misses of their true
+    type; "unassigned" is not a class of the averages (scikit-learn's ``labels=`` without it).
     The values equal scikit-learn's (``f1_score(average="macro", zero_division=0)``,
     ``balanced_accuracy_score``, ``roc_auc_score`` per class present, tied scores averaged; tested),
     computed from one confusion matrix (:func:`per_class_report`) and one ranking per class without
@@ -89,6 +112,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, proba: np.nda
 
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     per_class = per_class_report(y_true, y_pred)
+    is_class = np.array([not (isinstance(v, str) and v == UNASSIGNED) for v in per_class.index], dtype=bool)
+    per_class = per_class[is_class]
     present = per_class["support"].to_numpy() > 0
     recall = per_class["recall"].to_numpy()
     out = {
@@ -323,6 +348,7 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; expected one of {list(PRESETS)}.")
     check_int("n_jobs", n_jobs, 1, allow_none=True)
+    check_int("n_splits", n_splits, 2 if protocol == "kfold" else 1, allow_none=True)
     y_all = labels_of(adata, label_key)
     keep = _keep_types(y_all, min_cells)
     if protocol == "transfer":
@@ -354,6 +380,9 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
     threshold = classifier_params.get("unassigned_threshold") if approach == "pipeline" else None
     if protocol == "novel":
         types = [t for t in np.unique(y)]
+        if len(types) < 3:
+            raise ValueError(f"protocol='novel' needs at least 3 cell types with >= {min_cells} cells (each is held "
+                             f"out in turn and at least 2 must remain to train on); got {len(types)}: {types}.")
         from sklearn.metrics import roc_auc_score
         from sklearn.model_selection import StratifiedShuffleSplit
 
@@ -374,7 +403,8 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
         workers = task_workers(n_jobs, len(types), backend.is_gpu, len(y))
         rows = list(_progress(map_tasks(novel_row, types, workers), len(types), "novel types", progress))
         return pd.DataFrame(rows).assign(protocol=protocol, approach=approach, transform_seconds=t_transform)
-    groups = labels_of(ad_k, group_key) if group_key else None
+    warn_uncalibrated_threshold(classifier_params.get("model", PRESETS[preset]["model"]), threshold)
+    groups = _group_labels(ad_k, group_key) if group_key else None
     n_splits = n_splits or (5 if protocol == "split5" else 10)
     splits = list(_splits(protocol, y, groups, n_splits))
     if protocol == "group" and len(splits) < 2:
@@ -480,7 +510,7 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
                 clf._fit(Xr, y_ref, None, loadings=False)
                 Sq = query_job.result()
         proba = clf.predict_proba_transformed(Sq)
-        pred = clf._labels(proba, None)
+        pred = clf._labels(proba)
     yq = labels_of(query if labelled.all() else query[labelled], query_label_key)
     classes = np.asarray(clf.classes_)
     if (yq.dtype.kind in "biuf") != (classes.dtype.kind in "biuf"):  # e.g. 1 in the reference, "1" in the query
@@ -494,6 +524,16 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
            **classification_metrics(yq[on_shared], pred[on_shared], proba[on_shared], classes),
            "seconds": time.perf_counter() - t1}
     return _with_pooled(pd.DataFrame([row]).assign(protocol="transfer"), [yq[on_shared]], [pred[on_shared]])
+
+
+def _group_labels(adata: Any, group_key: str) -> np.ndarray:
+    """``adata.obs[group_key]`` (the donor or sample of each cell), with errors that name it."""
+    if group_key not in adata.obs:
+        raise KeyError(f"Group column {group_key!r} not in adata.obs; columns: {list(adata.obs.columns)}.")
+    missing = int(adata.obs[group_key].isna().sum())
+    if missing:
+        raise ValueError(f"{missing} cells have no group in adata.obs[{group_key!r}]; fill or drop them first.")
+    return labels_of(adata, group_key)
 
 
 def _one_core(fn: Any) -> Any:

@@ -478,3 +478,69 @@ def test_transfer_renames_through_orthologs_as_map_orthologs_does():
         for col in ("macro_f1", "accuracy", "macro_auroc"):
             assert t[col].iloc[0] == pytest.approx(u[col].iloc[0], abs=1e-12)
         assert t["accuracy"].iloc[0] > 0.9
+
+
+def test_unassigned_predictions_are_misses_not_a_class_and_work_with_integer_labels():
+    """Cells below unassigned_threshold count as misses of their true type in the macro averages
+    (scikit-learn's labels= without "unassigned"), are kept in the confusion matrix, and mix with
+    int labels (the confusion matrix sorts them last)."""
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    from gpulin.evaluation import classification_metrics, confusion_table
+
+    yt = np.array([0, 0, 1, 1, 2, 2])
+    yp = np.array([0, "unassigned", 1, 2, 2, "unassigned"], dtype=object)
+    m = classification_metrics(yt, yp, None, np.array([0, 1, 2]))
+    as_str = yp.astype(str)
+    for key, fn in (("macro_f1", f1_score), ("macro_precision", precision_score), ("macro_recall", recall_score)):
+        assert m[key] == pytest.approx(fn(yt.astype(str), as_str, labels=["0", "1", "2"], average="macro", zero_division=0))
+    assert m["macro_recall"] == pytest.approx(m["balanced_accuracy"])
+    C = confusion_table(yt, yp)
+    assert list(C.columns) == [0, 1, 2, "unassigned"] and C.loc[0, "unassigned"] == 1 and C.to_numpy().sum() == 6
+    a = labelled(seed=14)
+    a.obs["code"] = a.obs["type"].str[1:].astype(int)
+    t = evaluate(a, "code", "split5", device="cpu", min_cells=20, n_components=10, n_splits=2, progress=False,
+                 unassigned_threshold=0.9)
+    assert np.isfinite(t["macro_f1"]).all() and (t["macro_recall"] == t["balanced_accuracy"]).all()
+
+
+def test_threshold_on_a_ridge_head_warns_and_none_turns_the_default_off():
+    a = labelled(seed=15)
+    ridge = CellTypeClassifier("lognorm-ridge", device="cpu", n_components=10).fit(a, "type")
+    with pytest.warns(UserWarning, match="ridge head's probabilities"):
+        ridge.predict(a, unassigned_threshold=0.5)
+    strict = CellTypeClassifier(device="cpu", n_components=10, unassigned_threshold=0.999999).fit(a, "type")
+    assert "unassigned" in set(strict.predict(a))
+    assert "unassigned" not in set(strict.predict(a, unassigned_threshold=None))
+    with pytest.raises(ValueError, match="unassigned_threshold must be"):
+        strict.predict(a, unassigned_threshold=1.5)
+
+
+def test_labels_missing_in_a_list_and_series_aligned_by_cell_names():
+    a = labelled(n=60, seed=16)
+    with pytest.raises(ValueError, match="1 cells have no label"):
+        CellTypeClassifier(device="cpu", n_components=5).fit(a, [np.nan] + list(a.obs["type"][1:]))
+    with pytest.raises(ValueError, match="missing label"):
+        gpulin.LogisticRegression(device="cpu").fit(np.ones((3, 2)), ["a", np.nan, "b"])
+    shuffled = a.obs["type"].sample(frac=1, random_state=0)  # the same cells, another order
+    from gpulin.classifier import labels_of
+
+    np.testing.assert_array_equal(labels_of(a, shuffled), a.obs["type"].to_numpy())
+    np.testing.assert_array_equal(labels_of(a, shuffled.reset_index(drop=True)), shuffled.to_numpy())  # by position
+    with pytest.raises(ValueError, match="index does not match adata.obs_names"):
+        labels_of(a, shuffled.rename(index=lambda c: c + "_other"))
+
+
+def test_evaluate_checks_n_splits_novel_types_and_groups():
+    a = labelled(seed=17)
+    with pytest.raises(ValueError, match="n_splits must be an int >= 2"):
+        evaluate(a, "type", "kfold", device="cpu", n_splits=1)
+    with pytest.raises(ValueError, match="n_splits must be an int >= 1"):
+        evaluate(a, "type", "split5", device="cpu", n_splits=0)
+    two = a[a.obs["type"].isin(["t0", "t1"])].copy()
+    with pytest.raises(ValueError, match="needs at least 3 cell types"):
+        evaluate(two, "type", "novel", device="cpu", min_cells=10)
+    a.obs["donor"] = pd.Series(np.where(np.arange(a.n_obs) % 2, "d1", "d2"), index=a.obs_names, dtype=object)
+    a.obs.loc[a.obs_names[3], "donor"] = None
+    with pytest.raises(ValueError, match="1 cells have no group"):
+        evaluate(a, "type", "group", group_key="donor", device="cpu", min_cells=10)

@@ -84,6 +84,9 @@ def encode_labels(y: Any, n_samples: int | None = None, *, name: str = "y") -> t
         kinds = {isinstance(v, str) for v in y if v is not None and not (isinstance(v, float) and np.isnan(v))}
         if len(kinds) > 1:
             raise TypeError(f"{name} mixes string and non-string labels; use one type for all labels.")
+        as_objects = np.asarray(y, dtype=object)
+        # np.asarray(["a", nan]) would turn the missing label into the string "nan"
+        y = as_objects if as_objects.ndim == 1 and pd.isna(as_objects).any() else np.asarray(y)
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y.ravel()
