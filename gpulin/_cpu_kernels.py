@@ -122,12 +122,38 @@ def single_threaded_blas() -> Any:
     after a small ``dgemm``). With one BLAS thread the 20k-cell embed took 1.72 s instead of
     2.25 s (50 components) and 5.71 s instead of 6.26 s (220).
     """
-    global _BLAS_CONTROLLER
-    from threadpoolctl import ThreadpoolController
+    return _single_threaded_blas()
 
-    if _BLAS_CONTROLLER is None:
-        _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+#: Contexts of :func:`single_threaded_blas` open in any thread: the limit is process-wide, so it
+#: is applied by the first and the original thread counts are restored by the last to exit (with
+#: nested limits from several threads, each restoring what it saw would leave BLAS at one thread).
+#: (OpenBLAS 0.3.31 may not show a count set from a worker thread to the main thread; gpulin's own
+#: parallel runs take the limit in the calling thread, around their workers.)
+_BLAS_USERS = 0
+_BLAS_LIMITER: Any = None
+_BLAS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _single_threaded_blas() -> Any:
+    global _BLAS_CONTROLLER, _BLAS_USERS, _BLAS_LIMITER
+    with _BLAS_LOCK:
+        if _BLAS_USERS == 0:
+            if _BLAS_CONTROLLER is None:
+                from threadpoolctl import ThreadpoolController
+
+                _BLAS_CONTROLLER = ThreadpoolController()
+            _BLAS_LIMITER = _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+        _BLAS_USERS += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS -= 1
+            if _BLAS_USERS == 0:
+                _BLAS_LIMITER.restore_original_limits()
+                _BLAS_LIMITER = None
 
 
 def touched_empty(shape: Any, dtype: Any) -> np.ndarray:

@@ -407,6 +407,8 @@ def synthetic_atlas(
     dtype = np.dtype(dtype)
     if dtype.kind not in "iuf":
         raise ValueError(f"dtype must be a numeric dtype, got {dtype}")
+    if dtype == np.float16:  # scipy.sparse rejects it (no copy, no toarray, no h5ad round trip)
+        raise ValueError("dtype=float16 is not supported by scipy.sparse; use float32 (or an integer dtype).")
     if n_jobs is None:
         n_jobs = min(8, os.cpu_count() or 1)
     n_jobs = max(1, int(n_jobs))

@@ -189,9 +189,11 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         check_int("seed", self.seed, 0)
         check_number("target_sum", self.target_sum, 0.0, low_open=True, allow_none=True)
 
-    def _transform_counts(self, X: Any, backend: Backend) -> Any:
-        """The per-cell transform of counts ``X`` (fitted reference's ``target_sum_`` for lognorm)."""
-        return transform_implicit(X, self.method, device=backend, batch_size=self.batch_size, target_sum=self.target_sum_)
+    def _transform_counts(self, X: Any, backend: Backend, target_sum: float | None = None) -> Any:
+        """The per-cell transform of counts ``X`` (lognorm: ``target_sum``, by default the fitted
+        reference's ``target_sum_``)."""
+        target_sum = self.target_sum_ if target_sum is None else target_sum
+        return transform_implicit(X, self.method, device=backend, batch_size=self.batch_size, target_sum=target_sum)
 
     # -- fit ------------------------------------------------------------------------------------
     @releases_memory
@@ -210,10 +212,11 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self._check_params()
         X, var_names = _matrix_and_genes(adata, layer)
         backend = resolve_backend(self.device, X)
-        # lognorm's library size, resolved on the reference (None: its median) and kept for queries
-        self.target_sum_ = self.target_sum
+        # lognorm's library size, resolved on the reference (None: its median) and kept for queries;
+        # fitted attributes are set together at the end (a failed re-fit leaves the last fit whole)
+        target_sum = self.target_sum
         if self.method == "lognorm" and self.target_sum is None:
-            self.target_sum_ = median_library_size(as_csr(X, backend if is_gpu_array(X) else CPU))
+            target_sum = median_library_size(as_csr(X, backend if is_gpu_array(X) else CPU))
         timer = _Timer(backend)
         n, G = X.shape
         mask = gene_mask(adata, self.mask_var, G)
@@ -223,7 +226,7 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             if mask.all():
                 raise
             raise ValueError(f"{exc} (n_genes counts the {int(mask.sum())} genes of mask_var)") from None
-        S = self._transform_counts(X, backend)  # its own guard names the row block
+        S = self._transform_counts(X, backend, target_sum)  # its own guard names the row block
         timer.lap("transform")
         with memory_guard(backend, f"standardizing {n:,} cells x {G:,} genes", _REMEDY_OTHER):
             scaling = GeneScaling.fit(S, scale=self.scale)
@@ -236,6 +239,7 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         timer.lap("pca")
         scores = self._finish_scores(res.scores, res.explained_variance, backend)
         self.backend_ = backend
+        self.target_sum_ = target_sum
         self.var_names_ = None if var_names is None else np.asarray(var_names).astype(str)
         warn_duplicated_genes(self.var_names_)
         self.mean_ = np.asarray(to_host(scaling.mean))
@@ -316,9 +320,9 @@ def gene_mask(adata: Any, mask_var: Any, n_genes: int) -> np.ndarray:
     if mask_var is None:
         return np.ones(n_genes, dtype=bool)
     if isinstance(mask_var, str):
-        var = getattr(adata, "var", None)
-        if var is None:
+        if not is_anndata(adata):
             raise TypeError(f"mask_var={mask_var!r} names a var column, which needs an AnnData input.")
+        var = adata.var
         if mask_var not in var.columns:
             raise KeyError(f"mask_var={mask_var!r} is not a column of adata.var; columns: {list(var.columns)}.")
         values = var[mask_var].to_numpy()
@@ -415,14 +419,31 @@ def align_genes(X: Any, query_genes: np.ndarray, ref_genes: np.ndarray, backend:
 
 
 def _matrix_and_genes(adata: Any, layer: str | None) -> tuple[Any, Any]:
-    """(matrix, var_names or None) from an AnnData or a bare matrix."""
-    if hasattr(adata, "obs") and hasattr(adata, "var_names"):
+    """(matrix, var_names or None) from an AnnData, a pandas DataFrame (genes named by its string
+    columns, matched by name as an AnnData's) or a bare matrix."""
+    if is_anndata(adata):
         return get_matrix(adata, layer), np.asarray(adata.var_names)
     if layer is not None:
         raise TypeError("layer= needs an AnnData input.")
+    if isinstance(adata, pd.DataFrame):
+        genes = adata.columns
+        named = genes.dtype == object and all(isinstance(g, str) for g in genes)
+        if all(isinstance(dt, pd.SparseDtype) for dt in adata.dtypes) and adata.shape[1]:
+            X = adata.sparse.to_coo().tocsr()
+        else:
+            X = adata.to_numpy()
+        return X, (np.asarray(genes).astype(str) if named else None)
     if not (scipy.sparse.issparse(adata) or hasattr(adata, "shape")):
         raise TypeError(f"Expected an AnnData or a cells x genes matrix, got {type(adata).__name__}.")
+    if len(adata.shape) != 2:
+        raise ValueError(f"Expected a 2-dimensional cells x genes matrix, got shape {tuple(adata.shape)}"
+                         + (" (one cell: X[None, :])." if len(adata.shape) == 1 else "."))
     return adata, None
+
+
+def is_anndata(obj: Any) -> bool:
+    """Whether ``obj`` is an AnnData (or quacks like one: obs, var and var_names)."""
+    return hasattr(obj, "obs") and hasattr(obj, "var_names") and not isinstance(obj, pd.DataFrame)
 
 
 @releases_memory

@@ -149,3 +149,62 @@ def test_cells_gram_from_dense_and_rare_genes_matches_the_dense_gram():
     # dense data (no rare genes) and GPU operators are not split
     S_dense = sctop_transform(make_counts(100, 60, seed=2, depth=5.0))
     assert split_rare_genes(StandardizedOperator(S_dense, GeneScaling.fit(S_dense))) is None
+
+
+def test_blas_limit_is_taken_once_by_overlapping_contexts_of_several_threads(monkeypatch):
+    """single_threaded_blas is process-wide: contexts of several threads that overlap share one
+    limit, taken by the first to enter and undone by the last to leave, whatever the order (each
+    restoring what it saw on entry left BLAS at one thread for good)."""
+    import threading
+
+    from gpulin import _cpu_kernels
+
+    calls = []
+
+    class Limiter:
+        def restore_original_limits(self):
+            calls.append("restore")
+
+    class Controller:
+        def limit(self, limits, user_api):
+            calls.append(("limit", limits, user_api))
+            return Limiter()
+
+    monkeypatch.setattr(_cpu_kernels, "_BLAS_CONTROLLER", Controller())
+    entered, release = threading.Event(), threading.Event()
+
+    def hold():
+        with _cpu_kernels.single_threaded_blas():
+            entered.set()
+            release.wait(60)
+
+    worker = threading.Thread(target=hold, daemon=True)
+    try:
+        with _cpu_kernels.single_threaded_blas():
+            worker.start()
+            assert entered.wait(60)
+        assert calls == [("limit", 1, "blas")]  # the main thread left first: the worker's limit stays
+    finally:
+        release.set()
+        worker.join(60)
+    assert calls == [("limit", 1, "blas"), "restore"]
+    with _cpu_kernels.single_threaded_blas():
+        with _cpu_kernels.single_threaded_blas():  # nested in one thread
+            pass
+    assert calls[2:] == [("limit", 1, "blas"), "restore"]
+
+
+def test_blas_limit_restores_the_thread_count():
+    from gpulin import _cpu_kernels
+    from gpulin._cpu_kernels import single_threaded_blas
+
+    with single_threaded_blas():  # makes sure the controller exists
+        pass
+
+    def blas_threads():
+        return [lib.num_threads for lib in _cpu_kernels._BLAS_CONTROLLER.lib_controllers if lib.user_api == "blas"]
+
+    before = blas_threads()
+    with single_threaded_blas():
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before

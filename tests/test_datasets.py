@@ -361,3 +361,8 @@ def test_load_orthologs_real():
 def test_narrow_dtypes_that_cannot_hold_the_counts_are_refused():
     with pytest.raises(ValueError, match=r"dtype=int8 cannot hold the count \d+ exactly \(largest: 127\)"):
         synthetic_atlas(300, n_genes=2000, seed=0, dtype=np.int8)
+
+
+def test_float16_counts_are_refused_clearly():
+    with pytest.raises(ValueError, match="float16 is not supported by scipy.sparse"):
+        synthetic_atlas(20, 30, dtype=np.float16)

@@ -304,3 +304,29 @@ def test_mask_var_runs_the_pca_on_a_gene_subset():
         gpulin.embed(a, device="cpu", mask_var=np.zeros(80, bool), copy=True)
     with pytest.raises(ValueError, match=r"min\(300, 3\).*the 3 genes of mask_var"):
         gpulin.embed(a, device="cpu", n_components=6, mask_var=np.arange(80) < 3, copy=True)
+
+
+def test_dataframe_genes_are_matched_by_name_and_vectors_get_a_clear_error():
+    """A pandas DataFrame's string columns name its genes (matched by name, as an AnnData's);
+    one cell as a 1-D vector and mask_var on a DataFrame give errors that say what to do."""
+    counts = make_counts(60, 80, seed=21).toarray()
+    df = pd.DataFrame(counts, columns=[f"g{i}" for i in range(80)])
+    est = LinearEmbedding(n_components=5, device="cpu").fit(df)
+    assert list(est.var_names_[:2]) == ["g0", "g1"]
+    np.testing.assert_allclose(est.transform(df[df.columns[::-1]]), est.transform(df), atol=1e-5)
+    sparse_df = pd.DataFrame.sparse.from_spmatrix(sp.csr_matrix(counts), columns=df.columns)
+    np.testing.assert_allclose(est.transform(sparse_df), est.transform(df), atol=1e-5)
+    with pytest.raises(ValueError, match=r"2-dimensional.*X\[None, :\]"):
+        est.transform(counts[0])
+    with pytest.raises(TypeError, match="needs an AnnData input"):
+        LinearEmbedding(n_components=5, mask_var="hv", device="cpu").fit(df)
+
+
+def test_a_failed_refit_leaves_the_last_fit_whole():
+    Y = make_counts(40, 60, seed=22)
+    est = LinearEmbedding("lognorm", 5, target_sum=None, device="cpu").fit(Y)
+    Z0, target = est.transform(Y), est.target_sum_
+    with pytest.raises(ValueError):
+        est.fit(Y[:3] * 50)  # 3 cells cannot give 5 components
+    assert est.target_sum_ == target
+    np.testing.assert_array_equal(est.transform(Y), Z0)

@@ -137,8 +137,8 @@ def test_the_transformed_matrix_is_released_while_the_error_is_handled(atlas, mo
     refs = []
     transform = embed_module.LinearEmbedding._transform_counts
 
-    def keep_a_ref(self, X, backend):
-        S = transform(self, X, backend)
+    def keep_a_ref(self, X, backend, *args):
+        S = transform(self, X, backend, *args)
         refs.append(weakref.ref(S))
         return S
 
