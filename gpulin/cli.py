@@ -33,15 +33,19 @@ def _demo(args: argparse.Namespace) -> int:
     )
     emb = adata.obsm["X_gpulin"]
     codes = adata.obs["cell_type"].cat.codes.to_numpy()
-    if len(emb) <= 200_000:
+    type_sizes = np.unique(codes, return_counts=True)[1]
+    if len(emb) > 200_000 or len(type_sizes) < 2 or type_sizes.min() < 5:
+        pass  # too many cells for a quick check, or too few of some type for 5 folds
+    else:
         # How well the embedding separates cell types: 15-nearest-neighbour classification of
         # cell_type on held-out cells (5-fold), the usual local-structure check of an embedding.
         from sklearn.model_selection import cross_val_score
         from sklearn.neighbors import KNeighborsClassifier
 
-        knn = cross_val_score(KNeighborsClassifier(n_neighbors=15), emb, codes, cv=5).mean()
+        k = min(15, len(emb) * 4 // 5 - 1)
+        knn = cross_val_score(KNeighborsClassifier(n_neighbors=k), emb, codes, cv=5).mean()
         print(
-            f"  15-nearest-neighbour accuracy for cell_type on held-out cells over all {emb.shape[1]} "
+            f"  {k}-nearest-neighbour accuracy for cell_type on held-out cells over all {emb.shape[1]} "
             f"components: {knn:.3f} (PC1-2 mostly carry species and sequencing depth)"
         )
     if args.plot and emb.shape[1] < 2:
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, TypeError, FileNotFoundError, MemoryError, RuntimeError) as exc:
+    except (ValueError, KeyError, TypeError, OSError, MemoryError, RuntimeError) as exc:  # OSError: unreadable files
         print(f"gpulin {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

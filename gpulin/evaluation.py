@@ -349,6 +349,7 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
         raise ValueError(f"Unknown preset {preset!r}; expected one of {list(PRESETS)}.")
     check_int("n_jobs", n_jobs, 1, allow_none=True)
     check_int("n_splits", n_splits, 2 if protocol == "kfold" else 1, allow_none=True)
+    check_int("min_cells", min_cells, 1)
     y_all = labels_of(adata, label_key)
     keep = _keep_types(y_all, min_cells)
     if protocol == "transfer":
@@ -600,6 +601,10 @@ def _cli(args: argparse.Namespace) -> int:
     get_backend(args.device)
     if args.out and not Path(args.out).resolve().parent.is_dir():
         raise FileNotFoundError(f"--out {args.out}: the folder {Path(args.out).resolve().parent} does not exist.")
+    if args.out and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give a file name (.csv or .json), or use --out-dir.")
+    if args.query and args.protocol != "transfer":
+        raise ValueError(f"--query is used by --protocol transfer only (got --protocol {args.protocol}).")
     adata = ad.read_h5ad(args.data)
     query = ad.read_h5ad(args.query) if args.query else None
     table = evaluate(adata, args.label, args.protocol, query=query, query_label_key=args.query_label,

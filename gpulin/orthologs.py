@@ -17,7 +17,11 @@ def _read_table(table: pd.DataFrame | str | os.PathLike, source_col: str, target
         if not os.path.exists(path):
             raise FileNotFoundError(f"Ortholog table not found: {path!r}.")
         sep = "\t" if path.endswith((".tsv", ".tsv.gz", ".txt", ".txt.gz")) else ","
-        table = pd.read_csv(path, sep=sep, usecols=lambda c: c in (source_col, target_col), dtype=str)
+        header = pd.read_csv(path, sep=sep, nrows=0).columns
+        missing = [c for c in (source_col, target_col) if c not in header]
+        if missing:
+            raise ValueError(f"Ortholog table has no column(s) {missing}; available columns: {list(map(str, header))}.")
+        table = pd.read_csv(path, sep=sep, usecols=[source_col, target_col], dtype=str)
     if not isinstance(table, pd.DataFrame):
         raise TypeError(f"table must be a pandas DataFrame or a CSV/TSV path, got {type(table).__name__}.")
     missing = [c for c in (source_col, target_col) if c not in table.columns]

@@ -111,3 +111,31 @@ def test_evaluate_announces_only_the_files_it_wrote(tmp_path, capsys):
     assert main(["evaluate", str(path), "--label", "cell_type", "--protocol", "novel", "--device", "cpu",
                  "--min-cells", "20", "--out-dir", str(out_dir)]) == 0
     assert "wrote metrics.csv, metrics.json in" in capsys.readouterr().out
+
+
+def test_cli_file_and_option_errors_are_one_line(tmp_path, capsys):
+    """Unreadable files, --out naming a folder, --query outside the transfer protocol and bad
+    ortholog columns: exit code 2 and a one-line message, before any protocol runs."""
+    not_h5ad = tmp_path / "notes.txt"
+    not_h5ad.write_text("hello")
+    assert main(["evaluate", str(not_h5ad), "--label", "cell_type", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.startswith("gpulin evaluate: error:")
+    adata = synthetic_atlas(n_cells=300, n_genes=100, seed=0)
+    path = tmp_path / "atlas.h5ad"
+    adata.write_h5ad(path)
+    assert main(["evaluate", str(path), "--label", "cell_type", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["evaluate", str(path), "--label", "cell_type", "--device", "cpu", "--query", str(path)]) == 2
+    assert "--protocol transfer only" in capsys.readouterr().err
+    table = tmp_path / "orth.csv"
+    table.write_text("human,mouse\nA,a\n")
+    rc = main(["evaluate", str(path), "--label", "cell_type", "--device", "cpu", "--protocol", "transfer",
+               "--query", str(path), "--orthologs", str(table), "--ortholog-cols", "x", "y"])
+    assert rc == 2 and "available columns: ['human', 'mouse']" in capsys.readouterr().err
+
+
+def test_demo_on_very_few_cells_skips_the_neighbour_check(tmp_path, capsys):
+    plot = tmp_path / "small.png"
+    assert main(["demo", "--device", "cpu", "--n-cells", "12", "--n-genes", "500", "--n-components", "3",
+                 "--plot", str(plot)]) == 0
+    assert plot.exists()

@@ -346,3 +346,19 @@ def test_embed_checks_counts_and_parameters():
         fm.embed(X, "geneformer-v1-10m", device="tpu")
     with pytest.raises(ValueError, match="hidden_layer=6 is out of range"):
         fm.embed(X, "geneformer-v1-10m", device="cpu", hidden_layer=6)
+
+
+def test_tokenizer_inputs_are_checked(tiny, tmp_path):
+    with pytest.raises(ValueError, match="gene_medians must be positive and finite"):
+        tk.tokenize_geneformer(tiny, gene_medians=np.array([-1.0, 1, 1, 1, 1, 1]))
+    with pytest.raises(ValueError, match="n_sample must be"):
+        tk.tokenize_uce(tiny, n_sample=0)
+    with pytest.raises(ValueError, match="max_tokens must be"):
+        tk.tokenize_scgpt(tiny, max_tokens=1)
+    a = anndata.AnnData(tiny)
+    with pytest.raises(KeyError, match="Layer 'counts' not found"):
+        tk.tokenize_transcriptformer(a, layer="counts")
+    path = tmp_path / "tiny.h5ad"
+    a.write_h5ad(path)
+    backed = anndata.read_h5ad(path, backed="r")
+    np.testing.assert_array_equal(tk.tokenize_transcriptformer(backed).ids, tk.tokenize_transcriptformer(a).ids)

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse
 
 from .._backend import CPU
-from .._validation import as_csr, check_counts
+from .._validation import as_csr, check_counts, check_int
 from .configs import FMConfig
 
 PAD_ID = 0
@@ -81,7 +81,9 @@ def counts_matrix(data: Any, layer: str | None = None) -> scipy.sparse.csr_matri
         Negative or non-finite values (non-integer values warn).
     """
     if hasattr(data, "obs_names") and hasattr(data, "X"):
-        X = data.layers[layer] if layer is not None else data.X
+        from ..embed import get_matrix
+
+        X = get_matrix(data, layer)  # backed AnnData read into memory; a missing layer named
     else:
         if layer is not None:
             raise ValueError("layer= needs an AnnData input.")
@@ -255,6 +257,7 @@ def tokenize_geneformer(
     TokenBatch
         ``values`` is None (the order carries the expression).
     """
+    check_int("max_tokens", max_tokens, 3 if cls_eos else 1)
     X = counts_matrix(data, layer)
     n, n_genes = X.shape
     if gene_medians is None:
@@ -262,6 +265,11 @@ def tokenize_geneformer(
     gene_medians = np.asarray(gene_medians, dtype=np.float64)
     if gene_medians.shape != (n_genes,):
         raise ValueError(f"gene_medians has shape {gene_medians.shape}, expected ({n_genes},).")
+    bad = ~(np.isfinite(gene_medians) & (gene_medians > 0))
+    if bad.any():
+        raise ValueError(f"gene_medians must be positive and finite (they divide the expression); "
+                         f"{int(bad.sum())} are not, e.g. gene {int(np.flatnonzero(bad)[0])}: "
+                         f"{gene_medians[bad][0]}.")
     gids = gene_token_ids(n_genes, vocab_size, n_special)
     extra = 2 if cls_eos else 0
     k = max_tokens - extra
@@ -406,6 +414,7 @@ def tokenize_expressed(
     -------
     TokenBatch
     """
+    check_int("max_genes", max_genes, 1)
     X = counts_matrix(data, layer)
     n, n_genes = X.shape
     rng = np.random.default_rng(rng)
@@ -471,6 +480,7 @@ def tokenize_scgpt(
     -------
     TokenBatch
     """
+    check_int("max_tokens", max_tokens, 2)  # <cls> and at least one gene
     return tokenize_expressed(
         data, max_genes=max_tokens - 1, n_bins=n_bins, cls=True, vocab_size=vocab_size,
         n_special=n_special, pad_value=-2.0, rng=rng, layer=layer,
@@ -502,6 +512,7 @@ def tokenize_transcriptformer(
     TokenBatch
         ``values`` holds the clipped counts (0 at padding).
     """
+    check_int("max_tokens", max_tokens, 1)
     X = counts_matrix(data, layer)
     n, n_genes = X.shape
     gids = gene_token_ids(n_genes, vocab_size, n_special)
@@ -559,6 +570,8 @@ def tokenize_uce(
     TokenBatch
         ``values`` is None.
     """
+    check_int("n_sample", n_sample, 1)
+    check_int("max_tokens", max_tokens, 1)
     X = counts_matrix(data, layer)
     n, n_genes = X.shape
     rng = np.random.default_rng(rng)
