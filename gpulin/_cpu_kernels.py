@@ -95,6 +95,7 @@ __all__ = [
     "csr_matmat",
     "csr_rmatmat_accumulate",
     "finish_transposed",
+    "group_row_sums",
     "gene_chunks",
     "lognorm_rows",
     "row_splits",

@@ -8,16 +8,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ._backend import CPU, is_gpu_array, memory_guard, releases_memory, resolve_backend, to_host
 from ._validation import check_batch_size, check_int, check_number
 from .embed import _matrix_and_genes, align_genes, align_query, check_overlap, check_unique_genes, warn_duplicated_genes
-from .implicit import GeneScaling, SparsePlusRowConstant, StandardizedOperator, cpu_workers
+from .implicit import GeneScaling, SparsePlusRowConstant, StandardizedOperator
 from .models import LogisticRegression, RidgeClassifier
 from .pca import pca, whitening_divisors
-from .selection import f_classif, select_k_best
+from .selection import f_classif, group_sums, select_k_best
 from .transforms import METHODS, transform_implicit
 
 UNASSIGNED = "unassigned"
@@ -76,18 +75,18 @@ def _assign(classes: np.ndarray, scores: np.ndarray, threshold: float | None) ->
     return labels
 
 
-def labels_of(adata: Any, labels: Any) -> np.ndarray:
+def labels_of(adata: Any, labels: Any, what: str = "label") -> np.ndarray:
     """Cell labels as an array: ``adata.obs[labels]`` for a column name, else ``labels`` itself
     (array-like, one per cell), with clear errors for a missing column, a wrong length or missing
-    labels. String-like labels become ``str``; integer, float and bool labels keep their type, so
-    predictions compare equal to them."""
+    labels (``what`` names them in the messages, e.g. "group"). String-like labels become ``str``;
+    integer, float and bool labels keep their type, so predictions compare equal to them."""
     n = adata.shape[0]
     if isinstance(labels, str):
         obs = getattr(adata, "obs", None)
         if obs is None:
             raise TypeError(f"labels={labels!r} names an obs column, which needs an AnnData; pass the labels themselves.")
         if labels not in obs:
-            raise KeyError(f"Label column {labels!r} not in adata.obs; columns: {list(obs.columns)}.")
+            raise KeyError(f"{what.capitalize()} column {labels!r} not in adata.obs; columns: {list(obs.columns)}.")
         y, where = obs[labels], f"adata.obs[{labels!r}]"
     else:
         if isinstance(labels, pd.Series):
@@ -96,11 +95,11 @@ def labels_of(adata: Any, labels: Any) -> np.ndarray:
             y = pd.Series(list(labels))  # pandas infers the type; None / NaN stay missing
         else:
             y = pd.Series(np.asarray(to_host(labels)).ravel())
-        where = "the labels"
+        where = f"the {what}s"
         if len(y) != n:
-            raise ValueError(f"Got {len(y)} labels for {n} cells.")
+            raise ValueError(f"Got {len(y)} {what}s for {n} cells.")
     if y.isna().any():
-        raise ValueError(f"{int(y.isna().sum())} cells have no label in {where}.")
+        raise ValueError(f"{int(y.isna().sum())} cells have no {what} in {where}.")
     values = y.to_numpy()  # a categorical gives its categories' type
     if values.dtype.kind in "biuf":
         return values
@@ -439,7 +438,6 @@ class ScTOPProjection(_LabelScore, BaseEstimator):
         where = backend if is_gpu_array(X) else CPU
         csr = as_csr(X, where)
         check_counts(csr, where, method="sctop")
-        xp = where.xp
         classes, codes = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"A basis needs at least 2 cell types, got {len(classes)}: {classes.tolist()}.")
@@ -447,16 +445,9 @@ class ScTOPProjection(_LabelScore, BaseEstimator):
         with memory_guard(where, f"averaging the profiles of {n:,} reference cells", _REMEDY):
             lib = np.asarray(to_host(csr.sum(axis=1)), dtype=np.float64).ravel()
             lib = np.where(lib > 0, lib, 1.0)
-            # profiles = W @ X with W[t, i] = 1 / (lib_i n_t) for the cells i of type t (sparse)
+            # profiles = W @ X with W[t, i] = 1 / (lib_i n_t) for the cells i of type t
             weights = 1.0 / (lib * np.bincount(codes)[codes])
-            if xp is np:  # compiled twin of the product below (one pass, dense types x genes sums)
-                from ._cpu_kernels import group_row_sums
-
-                profiles = scipy.sparse.csr_matrix(group_row_sums(csr, codes, weights, len(classes), cpu_workers()))
-            else:
-                W = where.sparse.csr_matrix((xp.asarray(weights), (xp.asarray(codes), xp.arange(n))),
-                                            shape=(len(classes), n))
-                profiles = where.sparse.csr_matrix(W @ csr.astype(xp.float64))
+            profiles = where.sparse.csr_matrix(group_sums(csr, codes, weights, len(classes), where))
         S = transform_implicit(profiles, "sctop", device=backend, check=False)
         self.basis_ = pd.DataFrame(S.toarray().T.astype(np.float64), index=np.asarray(genes).astype(str) if genes is not None else None, columns=classes)
         self.classes_ = classes

@@ -384,14 +384,16 @@ def warn_duplicated_genes(genes: np.ndarray | None) -> None:
         )
 
 
-def align_genes(X: Any, query_genes: np.ndarray, ref_genes: np.ndarray, backend: Backend, *, min_overlap: float = 0.0) -> Any:
+def align_genes(X: Any, query_genes: np.ndarray, ref_genes: np.ndarray, backend: Backend, *, min_overlap: float = 0.0,
+                name: str = "the query") -> Any:
     """Re-index the columns of counts ``X`` from ``query_genes`` to ``ref_genes`` (missing = 0).
 
     Returns a CSR matrix of shape (n_cells, len(ref_genes)) where ``X`` lives: counts on the host
     stay there (the transforms upload them to ``backend`` one row block at a time, so GPU memory
     stays bounded), counts already on the GPU stay on it. Duplicate query gene names are an error
     (ambiguous) when those genes are reference genes (and always in the reference), and so is an
-    overlap below ``min_overlap`` of the reference.
+    overlap below ``min_overlap`` of the reference. ``name``: what the counts are called in
+    those errors.
     """
     check_unique_genes(ref_genes, "the reference")
     where = backend if is_gpu_array(X) else CPU
@@ -399,7 +401,7 @@ def align_genes(X: Any, query_genes: np.ndarray, ref_genes: np.ndarray, backend:
         return as_csr(X, where)  # already aligned (e.g. both sides cut to their shared genes)
     target = pd.Index(ref_genes).get_indexer(query_genes)  # unique reference genes: -1 = not one
     qi = np.flatnonzero(target >= 0)
-    check_unique_genes(query_genes[qi], "the query", among=" among the reference genes")
+    check_unique_genes(query_genes[qi], name, among=" among the reference genes")
     ri = target[qi].astype(np.int64)
     check_overlap(len(qi), len(ref_genes), len(query_genes), min_overlap, "reference")
     csr = as_csr(X, where)

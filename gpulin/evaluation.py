@@ -37,11 +37,16 @@ from .classifier import (PRESETS, UNASSIGNED, CellTypeClassifier, ScTOPProjectio
 from ._backend import backend_of, get_backend, is_gpu_array, releases_memory, resolve_backend
 from ._concurrent import map_tasks, task_workers
 from ._validation import check_int
-from .embed import _matrix_and_genes, align_genes, check_unique_genes
+from .embed import _matrix_and_genes, align_genes
 from .implicit import thread_workers
 from .transforms import transform_implicit
 
 PROTOCOLS = ("split5", "kfold", "group", "transfer", "novel")
+
+
+def _is_unassigned(values: Any) -> np.ndarray:
+    """Which entries are :data:`UNASSIGNED` (an object array may mix it with int or bool labels)."""
+    return np.array([isinstance(v, str) and v == UNASSIGNED for v in values], dtype=bool)
 
 
 def _sorted_labels(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +55,7 @@ def _sorted_labels(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     values = np.asarray(values)
     if values.dtype.kind != "O":
         return np.unique(values, return_inverse=True)
-    unassigned = np.array([isinstance(v, str) and v == UNASSIGNED for v in values], dtype=bool)
+    unassigned = _is_unassigned(values)
     known = np.unique(values[~unassigned].tolist())  # one label type: NumPy's own order
     labels = np.empty(len(known) + int(unassigned.any()), dtype=object)
     labels[: len(known)] = known.tolist()
@@ -65,9 +70,7 @@ def confusion_table(y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
     """Confusion counts, rows = true label, columns = predicted label (union of both label sets,
     sorted; "unassigned" predictions last)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    both = np.concatenate([y_true.astype(object), y_pred.astype(object)]) if "O" in (y_true.dtype.kind, y_pred.dtype.kind) \
-        else np.concatenate([y_true, y_pred])
-    labels, codes = _sorted_labels(both)
+    labels, codes = _sorted_labels(np.concatenate([y_true, y_pred]))  # object if either one is
     L = len(labels)
     counts = np.bincount(codes[: len(y_true)] * L + codes[len(y_true) :], minlength=L * L).reshape(L, L)
     return pd.DataFrame(counts, index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
@@ -112,8 +115,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, proba: np.nda
 
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     per_class = per_class_report(y_true, y_pred)
-    is_class = np.array([not (isinstance(v, str) and v == UNASSIGNED) for v in per_class.index], dtype=bool)
-    per_class = per_class[is_class]
+    per_class = per_class[~_is_unassigned(per_class.index)]
     present = per_class["support"].to_numpy() > 0
     recall = per_class["recall"].to_numpy()
     out = {
@@ -405,7 +407,7 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
         rows = list(_progress(map_tasks(novel_row, types, workers), len(types), "novel types", progress))
         return pd.DataFrame(rows).assign(protocol=protocol, approach=approach, transform_seconds=t_transform)
     warn_uncalibrated_threshold(classifier_params.get("model", PRESETS[preset]["model"]), threshold)
-    groups = _group_labels(ad_k, group_key) if group_key else None
+    groups = labels_of(ad_k, group_key, what="group") if group_key else None
     n_splits = n_splits or (5 if protocol == "split5" else 10)
     splits = list(_splits(protocol, y, groups, n_splits))
     if protocol == "group" and len(splits) < 2:
@@ -471,11 +473,10 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
     t1 = time.perf_counter()
     shared_genes = np.asarray(shared).astype(str)
     ref_genes = np.asarray(ref.var_names).astype(str)
-    check_unique_genes(ref_genes[pd.Index(shared_genes).get_indexer(ref_genes) >= 0], "the reference")
     Xr, _ = _matrix_and_genes(ref, None)
     Xq, _ = _matrix_and_genes(query, None)
     backend = resolve_backend(device, Xr)
-    Xr = align_genes(Xr, ref_genes, shared_genes, backend)
+    Xr = align_genes(Xr, ref_genes, shared_genes, backend, name="the reference")
 
     def query_counts():
         Xl = Xq
@@ -525,16 +526,6 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
            **classification_metrics(yq[on_shared], pred[on_shared], proba[on_shared], classes),
            "seconds": time.perf_counter() - t1}
     return _with_pooled(pd.DataFrame([row]).assign(protocol="transfer"), [yq[on_shared]], [pred[on_shared]])
-
-
-def _group_labels(adata: Any, group_key: str) -> np.ndarray:
-    """``adata.obs[group_key]`` (the donor or sample of each cell), with errors that name it."""
-    if group_key not in adata.obs:
-        raise KeyError(f"Group column {group_key!r} not in adata.obs; columns: {list(adata.obs.columns)}.")
-    missing = int(adata.obs[group_key].isna().sum())
-    if missing:
-        raise ValueError(f"{missing} cells have no group in adata.obs[{group_key!r}]; fill or drop them first.")
-    return labels_of(adata, group_key)
 
 
 def _one_core(fn: Any) -> Any:

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import to_host
-from .implicit import SparsePlusRowConstant
+from ._backend import Backend, to_host
+from .implicit import SparsePlusRowConstant, cpu_workers
 
 
 def f_classif(S: SparsePlusRowConstant, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,20 +61,32 @@ def f_classif(S: SparsePlusRowConstant, codes: np.ndarray) -> tuple[np.ndarray, 
 
 def _class_sums(S: SparsePlusRowConstant, codes: np.ndarray, K: int) -> Any:
     """``Y^T S`` (float64, (K, n_genes), on ``S``'s device) for the one-hot ``Y`` of ``codes``:
-    per row block, a sparse (K x rows) indicator times the block, plus the classes' sums of ``c``."""
-    xp, sparse = S.backend.xp, S.backend.sparse
+    per row block its class sums (:func:`group_sums`), plus the classes' sums of ``c``."""
+    xp = S.backend.xp
     out = xp.zeros((K, S.n_genes), dtype=xp.float64)
     for start, stop, blk, _ in S.iter_blocks():
-        rows = stop - start
-        if blk.nnz == 0:
-            continue
-        Yt = sparse.csr_matrix(
-            (xp.ones(rows, dtype=xp.float64), (xp.asarray(codes[start:stop]), xp.arange(rows))), shape=(K, rows)
-        )
-        out += (Yt @ blk.astype(xp.float64)).toarray()
+        if blk.nnz:
+            out += group_sums(blk, codes[start:stop], np.ones(stop - start), K, S.backend)
     c = np.asarray(to_host(S.c), dtype=np.float64)
     out += xp.asarray(np.bincount(codes, weights=c, minlength=K))[:, None]
     return out
+
+
+def group_sums(X: Any, codes: np.ndarray, weights: np.ndarray, n_groups: int, backend: Backend) -> Any:
+    """``W @ X`` for ``W[codes[i], i] = weights[i]``: the rows of a CSR ``X`` (on ``backend``)
+    summed by group with weights, dense float64 (n_groups, n_cols) on ``backend``.
+
+    On the host a compiled pass (:func:`gpulin._cpu_kernels.group_row_sums`, SciPy's product to
+    the last bit); on a GPU the sparse indicator product.
+    """
+    if not backend.is_gpu:
+        from ._cpu_kernels import group_row_sums
+
+        return group_row_sums(X, codes, weights, n_groups, cpu_workers())
+    xp, sparse = backend.xp, backend.sparse
+    W = sparse.csr_matrix((xp.asarray(np.asarray(weights, dtype=np.float64)), (xp.asarray(codes), xp.arange(X.shape[0]))),
+                          shape=(n_groups, X.shape[0]))
+    return (W @ X.astype(xp.float64)).toarray()
 
 
 def select_k_best(F: np.ndarray, k: int) -> np.ndarray:

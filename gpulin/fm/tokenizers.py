@@ -80,9 +80,9 @@ def counts_matrix(data: Any, layer: str | None = None) -> scipy.sparse.csr_matri
     ValueError
         Negative or non-finite values (non-integer values warn).
     """
-    if hasattr(data, "obs_names") and hasattr(data, "X"):
-        from ..embed import get_matrix
+    from ..embed import get_matrix, is_anndata
 
+    if is_anndata(data):
         X = get_matrix(data, layer)  # backed AnnData read into memory; a missing layer named
     else:
         if layer is not None:
