@@ -192,7 +192,8 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     def _transform_counts(self, X: Any, backend: Backend, target_sum: float | None = None) -> Any:
         """The per-cell transform of counts ``X`` (lognorm: ``target_sum``, by default the fitted
         reference's ``target_sum_``)."""
-        target_sum = self.target_sum_ if target_sum is None else target_sum
+        if target_sum is None and self.method == "lognorm":  # sctop has no library size to resolve
+            target_sum = self.target_sum_
         return transform_implicit(X, self.method, device=backend, batch_size=self.batch_size, target_sum=target_sum)
 
     # -- fit ------------------------------------------------------------------------------------
