@@ -429,6 +429,14 @@ class ScTOPProjection(_LabelScore, BaseEstimator):
         X, genes = _matrix_and_genes(adata, layer)
         if genes is not None:
             check_unique_genes(np.asarray(genes).astype(str), "the reference")
+        return self._fit_counts(X, y, genes)
+
+    def _fit_counts(self, X: Any, y: np.ndarray, genes: Any, columns: np.ndarray | None = None) -> "ScTOPProjection":
+        """The basis from counts ``X`` (cells x genes) restricted to their ``columns`` (positions,
+        in the basis' order; None: all), without a copy of ``X`` cut to those columns: each
+        cell's library size is summed over ``columns`` only (a 0/1 product, so the same float32
+        sum as over the cut matrix), its profile over all genes, and the columns taken from the
+        small types x genes profiles. ``genes``: the basis' gene names (of the columns), or None."""
         backend = resolve_backend(self.device, X)
         self.backend_ = backend
         from ._validation import as_csr, check_counts
@@ -443,11 +451,20 @@ class ScTOPProjection(_LabelScore, BaseEstimator):
             raise ValueError(f"A basis needs at least 2 cell types, got {len(classes)}: {classes.tolist()}.")
         n = len(y)
         with memory_guard(where, f"averaging the profiles of {n:,} reference cells", _REMEDY):
-            lib = np.asarray(to_host(csr.sum(axis=1)), dtype=np.float64).ravel()
+            if columns is None:
+                lib = csr.sum(axis=1)
+            else:
+                on = np.zeros(csr.shape[1], dtype=csr.dtype)
+                on[columns] = 1
+                lib = csr @ where.xp.asarray(on)
+            lib = np.asarray(to_host(lib), dtype=np.float64).ravel()
             lib = np.where(lib > 0, lib, 1.0)
             # profiles = W @ X with W[t, i] = 1 / (lib_i n_t) for the cells i of type t
             weights = 1.0 / (lib * np.bincount(codes)[codes])
-            profiles = where.sparse.csr_matrix(group_sums(csr, codes, weights, len(classes), where))
+            profiles = group_sums(csr, codes, weights, len(classes), where)
+            if columns is not None:
+                profiles = profiles[:, where.xp.asarray(columns)]
+            profiles = where.sparse.csr_matrix(profiles)
         S = transform_implicit(profiles, "sctop", device=backend, check=False)
         self.basis_ = pd.DataFrame(S.toarray().T.astype(np.float64), index=np.asarray(genes).astype(str) if genes is not None else None, columns=classes)
         self.classes_ = classes

@@ -385,6 +385,18 @@ def warn_duplicated_genes(genes: np.ndarray | None) -> None:
         )
 
 
+def matched_genes(query_genes: np.ndarray, ref_genes: np.ndarray, *, min_overlap: float = 0.0,
+                  name: str = "the query") -> tuple[np.ndarray, np.ndarray]:
+    """``(qi, ri)``: the query genes ``query_genes[qi]`` are the reference genes ``ref_genes[ri]``
+    (int64 positions, in the query's order), with the checks of :func:`align_genes`."""
+    check_unique_genes(ref_genes, "the reference")
+    target = pd.Index(ref_genes).get_indexer(query_genes)  # unique reference genes: -1 = not one
+    qi = np.flatnonzero(target >= 0)
+    check_unique_genes(query_genes[qi], name, among=" among the reference genes")
+    check_overlap(len(qi), len(ref_genes), len(query_genes), min_overlap, "reference")
+    return qi.astype(np.int64), target[qi].astype(np.int64)
+
+
 def align_genes(X: Any, query_genes: np.ndarray, ref_genes: np.ndarray, backend: Backend, *, min_overlap: float = 0.0,
                 name: str = "the query") -> Any:
     """Re-index the columns of counts ``X`` from ``query_genes`` to ``ref_genes`` (missing = 0).
@@ -396,15 +408,11 @@ def align_genes(X: Any, query_genes: np.ndarray, ref_genes: np.ndarray, backend:
     overlap below ``min_overlap`` of the reference. ``name``: what the counts are called in
     those errors.
     """
-    check_unique_genes(ref_genes, "the reference")
     where = backend if is_gpu_array(X) else CPU
     if len(query_genes) == len(ref_genes) and np.array_equal(query_genes, ref_genes):
+        check_unique_genes(ref_genes, "the reference")
         return as_csr(X, where)  # already aligned (e.g. both sides cut to their shared genes)
-    target = pd.Index(ref_genes).get_indexer(query_genes)  # unique reference genes: -1 = not one
-    qi = np.flatnonzero(target >= 0)
-    check_unique_genes(query_genes[qi], name, among=" among the reference genes")
-    ri = target[qi].astype(np.int64)
-    check_overlap(len(qi), len(ref_genes), len(query_genes), min_overlap, "reference")
+    qi, ri = matched_genes(query_genes, ref_genes, min_overlap=min_overlap, name=name)
     csr = as_csr(X, where)
     if not where.is_gpu:  # compiled, in threads (CPU twin of the product below)
         from ._cpu_kernels import csr_take_columns

@@ -37,7 +37,7 @@ from .classifier import (PRESETS, UNASSIGNED, CellTypeClassifier, ScTOPProjectio
 from ._backend import backend_of, get_backend, is_gpu_array, releases_memory, resolve_backend
 from ._concurrent import map_tasks, task_workers
 from ._validation import check_int
-from .embed import _matrix_and_genes, align_genes
+from .embed import _matrix_and_genes, align_genes, matched_genes
 from .implicit import thread_workers
 from .transforms import transform_implicit
 
@@ -467,16 +467,18 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
     labelled = query.obs[query_label_key].notna().to_numpy()  # unlabelled query cells are left out
     if not labelled.any():
         raise ValueError(f"No query cell has a label in query.obs[{query_label_key!r}].")
-    # Both count matrices are cut to the shared genes (in one order) by one compiled column take
+    # The count matrices are cut to the shared genes (in one order) by one compiled column take
     # each, and the models see them by position: no AnnData column views (SciPy column indexing)
-    # and no renamed copy of the query.
+    # and no renamed copy of the query. The projection's reference is not cut: its basis takes the
+    # shared columns from the types x genes profiles (ScTOPProjection._fit_counts).
     t1 = time.perf_counter()
     shared_genes = np.asarray(shared).astype(str)
     ref_genes = np.asarray(ref.var_names).astype(str)
     Xr, _ = _matrix_and_genes(ref, None)
     Xq, _ = _matrix_and_genes(query, None)
     backend = resolve_backend(device, Xr)
-    Xr = align_genes(Xr, ref_genes, shared_genes, backend, name="the reference")
+    if approach == "pipeline":  # the projection takes the shared columns from its type profiles
+        Xr = align_genes(Xr, ref_genes, shared_genes, backend, name="the reference")
 
     def query_counts():
         Xl = Xq
@@ -488,7 +490,10 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
     y_ref = labels_of(ref, label_key)
     if approach == "projection":
         Xq = query_counts()
-        clf = ScTOPProjection(device=backend).fit(Xr, y_ref)
+        qi, ri = matched_genes(ref_genes, shared_genes, name="the reference")
+        ref_columns = np.empty(len(shared_genes), dtype=np.int64)  # every shared gene is a reference gene
+        ref_columns[ri] = qi
+        clf = ScTOPProjection(device=backend)._fit_counts(Xr, y_ref, None, columns=ref_columns)
         a = clf.order_parameters(Xq).to_numpy()
         pred = _assign(np.asarray(clf.classes_), a, None)  # predict(): argmax, as published
         proba = _softmax(a)

@@ -199,11 +199,16 @@ class SparsePlusRowConstant:
     def dot(self, V: Any) -> Any:
         """``S @ V = D V + c (1^T V)`` for dense V (n_genes, k); float64 (n_cells, k) on device."""
         xp = self.backend.xp
-        V = xp.asarray(V, dtype=xp.float64)
+        V = xp.ascontiguousarray(xp.asarray(V, dtype=xp.float64))
         colsum = V.sum(axis=0)
         out = xp.empty((self.shape[0], V.shape[1]), dtype=xp.float64)
         for start, stop, blk, cb in self.iter_blocks():
-            out[start:stop] = blk @ V + cb[:, None] * colsum[None, :]
+            if self.backend.is_gpu:
+                out[start:stop] = blk @ V + cb[:, None] * colsum[None, :]
+            else:
+                from ._cpu_kernels import csr_dot64  # CPU twin of the product above (SciPy's, bit for bit)
+
+                out[start:stop] = csr_dot64(blk, V, cpu_workers()) + cb[:, None] * colsum[None, :]
         return out
 
     def toarray(self) -> np.ndarray:

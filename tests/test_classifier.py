@@ -107,6 +107,19 @@ def test_projection_recovers_types():
     assert np.mean(proj.predict(a[300:]) == a.obs["type"].to_numpy()[300:]) > 0.95
 
 
+def test_projection_basis_over_columns_equals_the_basis_of_the_cut_matrix():
+    """ScTOPProjection._fit_counts(X, y, columns=...) (the transfer protocol's reference, not cut):
+    library sizes over those columns, profiles over all genes and then their columns, equal the
+    basis fitted on the matrix cut to those columns (in that order) to the last bit."""
+    a = labelled(seed=2)
+    X = sp.csr_matrix(a.X)
+    cols = np.random.default_rng(0).permutation(a.n_vars)[:180]  # another order, 120 genes left out
+    cut = ScTOPProjection(device="cpu").fit(X[:, cols], a.obs["type"].to_numpy())
+    whole = ScTOPProjection(device="cpu")._fit_counts(X, a.obs["type"].to_numpy(), None, columns=cols)
+    np.testing.assert_array_equal(whole.basis_.to_numpy(), cut.basis_.to_numpy())
+    np.testing.assert_array_equal(whole.order_parameters(X[:50][:, cols]), cut.order_parameters(X[:50][:, cols]))
+
+
 def test_evaluate_novel_and_errors():
     a = labelled(seed=3)
     with threadpool_limits(1):

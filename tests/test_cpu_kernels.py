@@ -356,6 +356,28 @@ def test_group_row_sums_equal_the_weighted_indicator_product(threads):
         K.group_row_sums(X, codes, weights, 4, threads)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_csr_dot64_equals_scipys_product_to_the_last_bit(threads, dtype):
+    """The projection's float64 ``D @ V``, with unsorted rows, duplicate entries and empty rows,
+    for a float32 or float64 ``D``: SciPy's product (which widens D's values first) bit for bit."""
+    rng = np.random.default_rng(5)
+    n, g = 300, 90
+    rows, cols = [], []
+    for i in range(n):
+        k = 0 if i % 7 == 0 else int(rng.integers(1, 25))  # every 7th row empty
+        cols.append(rng.integers(0, g, size=k))  # random order, repeats: unsorted, duplicates
+        rows.append(np.full(k, i))
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
+    X = sp.csr_matrix(((rng.random(len(rows)) * 37).astype(dtype), cols, indptr), shape=(n, g))
+    assert not X.has_canonical_format
+    V = rng.standard_normal((g, 7))
+    np.testing.assert_array_equal(K.csr_dot64(X, V, threads), X @ V)
+    with pytest.raises(ValueError, match="V has shape"):
+        K.csr_dot64(X, V[:5], threads)
+
+
 def test_sctop_rows_take_float32_keys_of_huge_integer_counts_directly():
     """Counts past 2**53 (int64): the key is the count's float32, as in the generic block, not
     the float32 of its float64 (which would round twice)."""
