@@ -202,7 +202,7 @@ def main():
     for name, r in results.items():
         ref = f"{r['reference_macro_f1']:.3f} / {r['reference_accuracy']:.3f}" if "reference_macro_f1" in r else "-"
         print(f"| {name} | {r['gpulin_macro_f1']:.3f} / {r['gpulin_accuracy']:.3f} | {ref} | {r['published_macro_f1']:.3f} | "
-              f"{r['gpulin_seconds']:.1f} | {r.get('reference_seconds', float('nan')):.1f} | {r.get('speedup', float('nan')):.1f}x |")
+              f"{r['gpulin_seconds']:.2f} | {r.get('reference_seconds', float('nan')):.1f} | {r.get('speedup', float('nan')):.1f}x |")
     print(f"wrote {path}")
 
 
