@@ -159,6 +159,8 @@ def main():
                     help="reference runs per task (default: --repeats), interleaved with gpulin's")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.repeats < 1 or (args.reference_repeats is not None and args.reference_repeats < 0):
+        ap.error("--repeats must be >= 1 and --reference-repeats >= 0")
     warnings.filterwarnings("ignore")
     d = load()
     all_tasks = tasks(d)

@@ -838,13 +838,14 @@ def _count_kept(indptr, indices, pos, bounds, counts):  # pragma: no cover - com
             counts[i] = c
 
 
-#: Spacing of the chunks' spill slots in :func:`_take_columns` (elements): 32 x 4 bytes or more,
-#: so no two threads write one cache line (adjacent slots made the take 5x slower on two threads).
-_SPILL_STRIDE = 32
+#: Spacing of the chunks' spill slots in :func:`_take_columns`, in bytes: no two threads write one
+#: cache line (adjacent slots made the take 5x slower on two threads), nor the first slot the
+#: cache line of the output's end.
+_SPILL_BYTES = 128
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _take_columns(indptr, indices, data, pos, out_indptr, bounds, key_bits, out_indices, out_data):  # pragma: no cover
+def _take_columns(indptr, indices, data, pos, out_indptr, bounds, key_bits, spill_stride, out_indices, out_data):  # pragma: no cover
     nnz = out_indptr[out_indptr.shape[0] - 1]
     for t in prange(bounds.shape[0] - 1):
         longest = 0
@@ -853,7 +854,7 @@ def _take_columns(indptr, indices, data, pos, out_indptr, bounds, key_bits, out_
         tmp_c = np.empty(longest, dtype=out_indices.dtype)
         tmp_v = np.empty(longest, dtype=out_data.dtype)
         count = np.empty(257, dtype=np.int64)
-        spill = nnz + _SPILL_STRIDE * t  # this chunk's slot past the output for the dropped values
+        spill = nnz + spill_stride * (t + 1)  # this chunk's slot past the output for the dropped values
         for i in range(bounds[t], bounds[t + 1]):
             a = out_indptr[i]
             q = a
@@ -925,7 +926,8 @@ def csr_take_columns(X: Any, pos: np.ndarray, n_out: int, threads: int) -> Any:
     nnz = int(out_indptr[-1])
     index_dtype = np.int32 if max(nnz, n_out) < 2**31 else np.int64
     # one spill slot per chunk past the end (see _take_columns); the matrix holds the first nnz
-    spare = _SPILL_STRIDE * (len(bounds) - 1)
+    spill_stride = -(-_SPILL_BYTES // min(np.dtype(index_dtype).itemsize, X.data.dtype.itemsize))
+    spare = spill_stride * len(bounds)
     out_indices = touched_empty(nnz + spare, index_dtype)
     out_data = touched_empty(nnz + spare, X.data.dtype)
     kept = pos[pos >= 0]
@@ -933,7 +935,8 @@ def csr_take_columns(X: Any, pos: np.ndarray, n_out: int, threads: int) -> Any:
     sort = not (monotone and X.has_sorted_indices)
     key_bits = 8 * max(1, -(-int(max(n_out - 1, 1)).bit_length() // 8)) if sort else 0
     with _launch():
-        _take_columns(indptr, X.indices, X.data, pos, out_indptr, bounds, np.int64(key_bits), out_indices, out_data)
+        _take_columns(indptr, X.indices, X.data, pos, out_indptr, bounds, np.int64(key_bits), np.int64(spill_stride),
+                      out_indices, out_data)
     out = sp.csr_matrix((out_data[:nnz], out_indices[:nnz], out_indptr.astype(index_dtype)), shape=(X.shape[0], n_out),
                         copy=False)
     out.has_sorted_indices = bool(X.has_sorted_indices) or sort

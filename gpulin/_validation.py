@@ -73,8 +73,9 @@ def _is_canonical(csr: Any) -> bool:
 CHECK_CHUNK = 1 << 26
 
 
-def check_counts(csr: Any, backend: Backend, *, name: str = "X", method: str = "sctop") -> None:
-    """Check that a CSR matrix holds finite, non-negative (count-like) values.
+def check_counts(csr: Any, backend: Backend, *, name: str = "X", method: str = "sctop", columns: Any = None) -> None:
+    """Check that a CSR matrix holds finite, non-negative (count-like) values (``columns``: a
+    boolean mask over its columns, on ``backend``, to check only the values stored in those).
 
     Raises
     ------
@@ -87,7 +88,7 @@ def check_counts(csr: Any, backend: Backend, *, name: str = "X", method: str = "
         Non-integer values: ``method`` expects raw counts.
     """
     xp = backend.xp
-    data = csr.data
+    data = csr.data if columns is None else csr.data[columns[csr.indices]]
     if data.size == 0:
         return
     floating = bool(xp.issubdtype(data.dtype, xp.floating))

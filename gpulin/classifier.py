@@ -434,9 +434,11 @@ class ScTOPProjection(_LabelScore, BaseEstimator):
     def _fit_counts(self, X: Any, y: np.ndarray, genes: Any, columns: np.ndarray | None = None) -> "ScTOPProjection":
         """The basis from counts ``X`` (cells x genes) restricted to their ``columns`` (positions,
         in the basis' order; None: all), without a copy of ``X`` cut to those columns: each
-        cell's library size is summed over ``columns`` only (a 0/1 product, so the same float32
-        sum as over the cut matrix), its profile over all genes, and the columns taken from the
-        small types x genes profiles. ``genes``: the basis' gene names (of the columns), or None."""
+        cell's library size is summed over ``columns`` only (a 0/1 product), its profile over all
+        genes, and the columns taken from the small types x genes profiles; only the values in
+        ``columns`` are checked. For integer counts the basis is that of the cut matrix to the
+        last bit (tested); non-integer values are summed in another order (rounding-level
+        differences). ``genes``: the basis' gene names (of the columns), or None."""
         backend = resolve_backend(self.device, X)
         self.backend_ = backend
         from ._validation import as_csr, check_counts
@@ -445,18 +447,18 @@ class ScTOPProjection(_LabelScore, BaseEstimator):
         # GPU whole); only the small types x genes profiles go to the device for the transform.
         where = backend if is_gpu_array(X) else CPU
         csr = as_csr(X, where)
-        check_counts(csr, where, method="sctop")
+        on = None
+        if columns is not None:  # 0/1 over the columns; integers are summed in float64 (exact below 2^53)
+            on = np.zeros(csr.shape[1], dtype=csr.dtype if csr.dtype.kind == "f" else np.float64)
+            on[columns] = 1
+            on = where.xp.asarray(on)
+        check_counts(csr, where, method="sctop", columns=None if on is None else on != 0)
         classes, codes = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"A basis needs at least 2 cell types, got {len(classes)}: {classes.tolist()}.")
         n = len(y)
         with memory_guard(where, f"averaging the profiles of {n:,} reference cells", _REMEDY):
-            if columns is None:
-                lib = csr.sum(axis=1)
-            else:
-                on = np.zeros(csr.shape[1], dtype=csr.dtype)
-                on[columns] = 1
-                lib = csr @ where.xp.asarray(on)
+            lib = csr.sum(axis=1) if on is None else csr @ on
             lib = np.asarray(to_host(lib), dtype=np.float64).ravel()
             lib = np.where(lib > 0, lib, 1.0)
             # profiles = W @ X with W[t, i] = 1 / (lib_i n_t) for the cells i of type t

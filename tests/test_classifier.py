@@ -112,12 +112,27 @@ def test_projection_basis_over_columns_equals_the_basis_of_the_cut_matrix():
     library sizes over those columns, profiles over all genes and then their columns, equal the
     basis fitted on the matrix cut to those columns (in that order) to the last bit."""
     a = labelled(seed=2)
-    X = sp.csr_matrix(a.X)
+    y = a.obs["type"].to_numpy()
     cols = np.random.default_rng(0).permutation(a.n_vars)[:180]  # another order, 120 genes left out
-    cut = ScTOPProjection(device="cpu").fit(X[:, cols], a.obs["type"].to_numpy())
-    whole = ScTOPProjection(device="cpu")._fit_counts(X, a.obs["type"].to_numpy(), None, columns=cols)
-    np.testing.assert_array_equal(whole.basis_.to_numpy(), cut.basis_.to_numpy())
-    np.testing.assert_array_equal(whole.order_parameters(X[:50][:, cols]), cut.order_parameters(X[:50][:, cols]))
+    X32 = sp.csr_matrix(a.X)
+    # uint16 counts with libraries past 65,535: summed in float64, not in the counts' dtype
+    X16 = X32.copy()
+    X16.data = X16.data * (65535 // X16.data.max())  # the largest count 65,535 or just below
+    X16 = X16.astype(np.uint16)
+    assert X16.astype(np.int64)[:, cols].sum(axis=1).max() > 2**16
+    for X in (X32, X16):
+        cut = ScTOPProjection(device="cpu").fit(X[:, cols], y)
+        whole = ScTOPProjection(device="cpu")._fit_counts(X, y, None, columns=cols)
+        np.testing.assert_array_equal(whole.basis_.to_numpy(), cut.basis_.to_numpy())
+        np.testing.assert_array_equal(whole.order_parameters(X[:50][:, cols]), cut.order_parameters(X[:50][:, cols]))
+    # only the values in the columns are checked (as the transfer pipeline checks its cut matrix)
+    left_out = np.setdiff1d(np.arange(a.n_vars), cols)[0]
+    bad = X32.tolil()
+    bad[0, left_out] = -1.0
+    bad = bad.tocsr()
+    ScTOPProjection(device="cpu")._fit_counts(bad, y, None, columns=cols)
+    with pytest.raises(ValueError, match="negative"):
+        ScTOPProjection(device="cpu").fit(bad, y)
 
 
 def test_evaluate_novel_and_errors():

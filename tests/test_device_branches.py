@@ -532,22 +532,27 @@ def test_sctop_projection_on_the_device(dev, atlas, where):
     ("pipeline", dict(n_components=10, n_genes=200, preset="cross-species")),
     ("projection", {}),
 ])
-def test_evaluate_transfer_with_the_query_on_the_device(dev, atlas, approach, params):
+@pytest.mark.parametrize("reference_on_device", [False, True])
+def test_evaluate_transfer_with_the_query_on_the_device(dev, atlas, approach, params, reference_on_device):
     """``evaluate(..., "transfer")`` with the query's counts on the device (genes in another
-    order, aligned there; unlabelled cells left out by a row selection there) gives the CPU
-    run's metrics."""
-    ref = atlas[:300].copy()
+    order, aligned there; unlabelled cells left out by a row selection there), and the
+    reference's too (its genes in another order and 50 of them missing from the query: the
+    projection's library sizes and profiles over the shared columns on the device), gives the
+    CPU run's metrics."""
+    ref = atlas[:300]
+    ref = ref[:, np.random.default_rng(7).permutation(atlas.n_vars)].copy()
     query = atlas[300:]
-    order = np.random.default_rng(6).permutation(atlas.n_vars)
+    order = np.random.default_rng(6).permutation(atlas.n_vars)[:350]
     query = query[:, order].copy()
     query.obs["cell_type"] = query.obs["cell_type"].astype(object)
     query.obs.iloc[::10, query.obs.columns.get_loc("cell_type")] = None  # unlabelled cells
     on_dev = DeviceAnnData(on_device(query.X), query.obs, query.var_names)
+    ref_dev = DeviceAnnData(on_device(ref.X), ref.obs, ref.var_names) if reference_on_device else ref
     kw = dict(approach=approach, min_cells=5, **params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (small classes: sklearn's metrics warn)
         host = gpulin.evaluate(ref, "cell_type", "transfer", query=query, device="cpu", **kw)
-        table = gpulin.evaluate(ref, "cell_type", "transfer", query=on_dev, device=dev, **kw)
+        table = gpulin.evaluate(ref_dev, "cell_type", "transfer", query=on_dev, device=dev, **kw)
     assert host["n_unlabelled"].item() == 30
     metrics = ["accuracy", "macro_f1", "balanced_accuracy", "n_test", "n_unlabelled", "n_shared_genes"]
     pd.testing.assert_frame_equal(table[metrics], host[metrics])

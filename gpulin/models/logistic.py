@@ -470,9 +470,6 @@ def _make_objective(
     lam = 1.0 / (C * total)
     if n_out == 1:
         y01 = (codes_d == 1).astype(xp.float64)
-    # One block (the data fit in one batch): its float64 copy is made once, not at every one of
-    # the ~50-150 evaluations (2,142 x 220 float32 scores: 1.2 -> 0.9 ms per evaluation).
-    X64 = X.astype(xp.float64, copy=False) if len(blocks) == 1 else None
 
     def fun(w: Any) -> tuple[float, Any]:
         W = w.reshape(n_out, p1)
@@ -480,7 +477,7 @@ def _make_objective(
         grad = xp.zeros((n_out, p1), dtype=xp.float64)
         loss = xp.zeros((), dtype=xp.float64)
         for sl in blocks:
-            Xb = X64 if X64 is not None else X[sl].astype(xp.float64, copy=False)
+            Xb = X[sl].astype(xp.float64, copy=False)
             sb = s_d[sl]
             Z = Xb @ coef_t
             if fit_intercept:
