@@ -812,14 +812,41 @@ def _value_counts(data, bounds, out):  # pragma: no cover - compiled
         out[ch, 2] = n_frac
 
 
-def value_counts(data: np.ndarray, threads: int) -> tuple[int, int, int]:
-    """``(non-finite, negative, non-integer)`` counts of a float array (CPU twin of ``check_counts``)."""
+@njit(parallel=True, cache=True, nogil=True)
+def _value_counts_in(data, indices, columns, bounds, out):  # pragma: no cover - compiled
+    for ch in prange(bounds.shape[0] - 1):
+        n_bad = 0
+        n_neg = 0
+        n_frac = 0
+        for p in range(bounds[ch], bounds[ch + 1]):
+            if not columns[indices[p]]:
+                continue
+            x = data[p]
+            if not np.isfinite(x):
+                n_bad += 1
+            elif x < 0:
+                n_neg += 1
+            elif np.floor(x) != x:
+                n_frac += 1
+        out[ch, 0] = n_bad
+        out[ch, 1] = n_neg
+        out[ch, 2] = n_frac
+
+
+def value_counts(data: np.ndarray, threads: int, indices: np.ndarray | None = None,
+                 columns: np.ndarray | None = None) -> tuple[int, int, int]:
+    """``(non-finite, negative, non-integer)`` counts of a float array (CPU twin of ``check_counts``);
+    with ``indices`` (the column of each value) and a boolean ``columns`` mask, of the values in
+    those columns only."""
     threads = use_threads(threads)
     parts = threads * 4
     bounds = np.linspace(0, data.size, parts + 1).astype(np.int64)
     out = np.zeros((parts, 3), dtype=np.int64)
     with _launch():
-        _value_counts(data.ravel(), bounds, out)
+        if columns is None:
+            _value_counts(data.ravel(), bounds, out)
+        else:
+            _value_counts_in(data.ravel(), indices, np.asarray(columns, dtype=np.bool_), bounds, out)
     n_bad, n_neg, n_frac = (int(v) for v in out.sum(axis=0))
     return n_bad, n_neg, n_frac
 

@@ -88,7 +88,7 @@ def check_counts(csr: Any, backend: Backend, *, name: str = "X", method: str = "
         Non-integer values: ``method`` expects raw counts.
     """
     xp = backend.xp
-    data = csr.data if columns is None else csr.data[columns[csr.indices]]
+    data = csr.data
     if data.size == 0:
         return
     floating = bool(xp.issubdtype(data.dtype, xp.floating))
@@ -96,8 +96,12 @@ def check_counts(csr: Any, backend: Backend, *, name: str = "X", method: str = "
         from ._cpu_kernels import value_counts  # one pass; CPU twin of the three below
         from .implicit import cpu_workers
 
-        n_bad, n_neg, n_frac = value_counts(data, cpu_workers())
+        n_bad, n_neg, n_frac = value_counts(data, cpu_workers(), csr.indices, columns)
+        if n_neg and columns is not None:  # the minimum of the checked values, for the message
+            data = data[columns[csr.indices]]
     else:  # in chunks, so the temporaries stay small next to counts on a GPU
+        if columns is not None:
+            data = data[columns[csr.indices]]
         n_bad = n_neg = n_frac = 0
         for s in range(0, data.size, CHECK_CHUNK):
             part = data[s : s + CHECK_CHUNK]

@@ -387,3 +387,29 @@ def test_sctop_rows_take_float32_keys_of_huge_integer_counts_directly():
     d_gen, c_gen, _ = _sctop_block(X, 8, CPU)
     np.testing.assert_array_equal(d, d_gen)
     np.testing.assert_allclose(c, c_gen, rtol=1e-15)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_value_counts_in_columns_count_only_those_columns(threads):
+    """check_counts(columns=mask): the compiled count over the masked columns equals the generic
+    one (values selected first); errors name the checked values only."""
+    from gpulin._backend import CPU
+    from gpulin._validation import check_counts
+
+    rng = np.random.default_rng(8)
+    X = sp.random(200, 60, density=0.3, format="csr", random_state=9, dtype=np.float64)
+    X.data = np.round(X.data * 9)
+    mask = rng.random(60) < 0.5
+    bad_cols = np.flatnonzero(~mask)
+    X = X.tolil()
+    X[0, bad_cols[0]], X[1, bad_cols[1]], X[2, bad_cols[2]] = -3.0, np.nan, 0.5  # outside the mask
+    X = X.tocsr()
+    assert K.value_counts(X.data, threads, X.indices, mask) == (0, 0, 0)
+    assert K.value_counts(X.data, threads) == (1, 1, 1)
+    check_counts(X, CPU, columns=mask)  # nothing in the masked columns
+    X = X.tolil()
+    X[3, np.flatnonzero(mask)[0]] = -2.0
+    X = X.tocsr()
+    assert K.value_counts(X.data, threads, X.indices, mask) == (0, 1, 0)
+    with pytest.raises(ValueError, match=r"1 negative value\(s\) \(min -2.0\)"):
+        check_counts(X, CPU, columns=mask)
