@@ -376,3 +376,33 @@ def test_device_branches_on_a_strict_cupy_stand_in(model, monkeypatch):
         np.testing.assert_array_equal(dev.predict(X), host.predict(Z))
         if model == "logistic":
             np.testing.assert_allclose(dev.predict_proba(X), host.predict_proba(Z), atol=1e-7)
+
+
+def test_encode_labels_takes_every_label_container_and_names_what_is_wrong():
+    """Labels as a Series, Index, Categorical (occurring categories only), one-column DataFrame,
+    (n, 1) column, list or bool array encode alike; other shapes and mixes are clear errors."""
+    from gpulin.models._labels import encode_labels
+
+    y = np.array(["b", "a", "c", "a"])
+    expected_classes, expected_codes = np.array(["a", "b", "c"]), np.array([1, 0, 2, 0])
+    for form in (pd.Series(y, index=[9, 8, 7, 6]), pd.Index(y), pd.DataFrame({"t": y}), y[:, None], list(y),
+                 pd.Categorical(y, categories=["a", "b", "c", "unused"])):
+        classes, codes = encode_labels(form, 4)
+        np.testing.assert_array_equal(classes.astype(str), expected_classes)
+        np.testing.assert_array_equal(codes, expected_codes)
+    classes, codes = encode_labels(np.array([True, False, True]))
+    assert classes.dtype == bool and codes.tolist() == [1, 0, 1]
+    classes, _ = encode_labels([3, 1, 2.0])
+    assert classes.tolist() == [1, 2, 3]
+    for bad, error, match in (
+        (None, ValueError, "is None"),
+        (pd.DataFrame({"a": y, "b": y}), ValueError, "2 columns"),
+        (np.stack([y, y], axis=1), ValueError, "multilabel"),
+        (np.array([], dtype=str), ValueError, "empty"),
+        (["a", 1, "b"], TypeError, "mixes string and non-string"),
+        (np.array(["a", 1, (2,)], dtype=object), TypeError, "cannot be ordered"),
+        (np.array([0.0, np.inf, 1.0]), ValueError, "missing label"),
+        (["a", float("nan"), "b"], ValueError, r"missing label\(s\) \(None/NaN/inf\), first at position\(s\) \[1\]"),
+    ):
+        with pytest.raises(error, match=match):
+            encode_labels(bad)
