@@ -4,7 +4,9 @@ Transfer (pipeline.md section 3-4 protocol: 1:1 orthologs, training types >= 20 
 cell of a shared type scored, macro F1 over true and predicted labels) for the published preset and
 variants of it, both directions on Baron; then novel-type detection (each Baron type with >= 50
 cells left out of training in turn with a stratified 20% of the other types' cells, AUROC of the
-novelty score = 1 - top probability, of the left-out type's cells against those held-out cells).
+novelty score = 1 - top probability, of the left-out type's cells against those held-out cells),
+and the same for the scTOP projection's two novelty scores (``ScTOPProjection.novelty_score``:
+the negative top order parameter, and the residual share outside the basis span).
 
 Usage::
 
@@ -86,10 +88,14 @@ def main() -> None:
                           "mean_auroc": float(t["novelty_auroc"].mean()),
                           "negatives": "held-out cells of the known types (stratified 20%)"}
         print(species, "mean novelty AUROC", round(novel[species]["mean_auroc"], 3), flush=True)
+    novel_projection = {species: projection_novelty(d[key], args.device)
+                        for key, species in (("h", "baron_human"), ("m", "baron_mouse"))}
+    for species, r in novel_projection.items():
+        print(species, "projection novelty AUROC", {k: round(v["mean_auroc"], 3) for k, v in r.items()}, flush=True)
     out = {"benchmark": "beyond_reference.py", "command": "python benchmarks/beyond_reference.py " + " ".join(sys.argv[1:]),
            "date": _dt.datetime.now().isoformat(timespec="seconds"), "device": args.device,
            "machine": platform.platform(), "gpulin": gpulin.__version__, "gpulin_commit": git_commit(), "published": PUBLISHED,
-           "transfer": transfer, "novel": novel}
+           "transfer": transfer, "novel": novel, "novel_projection": novel_projection}
     path = Path(args.out or HERE / "results" / f"beyond_reference_{args.device}.json")
     write_json(path, out)
     print("\n| variant (overrides of the preset) | human→mouse F1 / acc | mouse→human F1 / acc |")
@@ -101,7 +107,39 @@ def main() -> None:
     for species, r in novel.items():
         per = ", ".join(f"{k} {v:.3f}" for k, v in r["per_type"].items())
         print(f"| {species} | {len(r['per_type'])} | {per} | **{r['mean_auroc']:.3f}** |")
+    print("\n| dataset | projection novelty score | mean AUROC |\n|---|---|---|")
+    for species, r in novel_projection.items():
+        for score, v in r.items():
+            print(f"| {species} | {score} | {v['mean_auroc']:.3f} |")
     print(f"wrote {path}")
+
+
+def projection_novelty(adata, device: str, min_cells: int = 50) -> dict[str, dict]:
+    """The novel protocol of ``evaluate`` (same splits) for ``ScTOPProjection``'s novelty scores:
+    {score: {"per_type": {type: AUROC}, "mean_auroc": float}} for score "order" and "residual"."""
+    import numpy as np
+    import scipy.sparse as sp
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    from gpulin import ScTOPProjection
+    from gpulin.classifier import labels_of
+    from gpulin.evaluation import _held_out_share
+
+    y = labels_of(adata, "cell_type1")
+    types, counts = np.unique(y, return_counts=True)
+    keep = np.isin(y, types[counts >= min_cells])
+    X, y = sp.csr_matrix(adata.X)[keep], y[keep]
+    per: dict[str, dict[str, float]] = {"order": {}, "residual": {}}
+    for t in np.unique(y):
+        others = np.flatnonzero(y != t)
+        fit, held = next(StratifiedShuffleSplit(1, test_size=_held_out_share(y[others]), random_state=0)
+                         .split(others, y[others]))
+        tr, te = others[fit], np.concatenate([np.flatnonzero(y == t), others[held]])
+        proj = ScTOPProjection(None, device=device).fit(X[tr], y[tr])
+        for score in per:
+            per[score][str(t)] = float(roc_auc_score(y[te] == t, proj.novelty_score(X[te], score=score)))
+    return {score: {"per_type": v, "mean_auroc": float(np.mean(list(v.values())))} for score, v in per.items()}
 
 
 if __name__ == "__main__":

@@ -211,6 +211,19 @@ class SparsePlusRowConstant:
                 out[start:stop] = csr_dot64(blk, V, cpu_workers()) + cb[:, None] * colsum[None, :]
         return out
 
+    def row_sq_norms(self) -> Any:
+        """``||s_i||^2 = sum_j (D_ij + c_i)^2`` over the ``n_genes`` columns (float64 (n_cells,) on
+        device): ``sum D_ij^2 + 2 c_i sum D_ij + n_genes c_i^2`` from the stored values."""
+        xp = self.backend.xp
+        out = xp.empty(self.shape[0], dtype=xp.float64)
+        for start, stop, blk, cb in self.iter_blocks():
+            b = blk.astype(xp.float64)
+            c = xp.asarray(cb, dtype=xp.float64)
+            d1 = xp.asarray(b.sum(axis=1)).ravel()
+            d2 = xp.asarray(b.multiply(b).sum(axis=1)).ravel()
+            out[start:stop] = d2 + 2.0 * c * d1 + float(self.n_genes) * c * c
+        return out
+
     def toarray(self) -> np.ndarray:
         """Materialize ``S`` as a dense NumPy float32 array (small inputs and tests only)."""
         out = np.empty(self.shape, dtype=np.float32)

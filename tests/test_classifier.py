@@ -107,6 +107,32 @@ def test_projection_recovers_types():
     assert np.mean(proj.predict(a[300:]) == a.obs["type"].to_numpy()[300:]) > 0.95
 
 
+def test_projection_residual_novelty_equals_the_dense_residual():
+    """novelty_score(score="residual"): ||s - B a||^2 / ||s||^2 of each query cell's scTOP profile
+    over the basis genes, from the implicit form (a query missing some basis genes uses the
+    basis rows it shares); 1 for a cell without counts; "order" is the negative top order parameter."""
+    a = labelled(seed=4)
+    proj = ScTOPProjection(device="cpu").fit(a[:300], "type")
+    query = a[300:, 40:].copy()  # 40 basis genes missing
+    X = query.X.tolil()
+    X[0, :] = 0  # a cell without counts
+    query.X = X.tocsr()
+    with pytest.warns(gpulin.EmptyCellsWarning):
+        share = proj.novelty_score(query, score="residual")
+    B = proj.basis_.loc[query.var_names].to_numpy()
+    with pytest.warns(gpulin.EmptyCellsWarning):
+        S = gpulin.sctop_transform(query.X, dense=True).astype(np.float64)
+    coef = np.linalg.lstsq(B, S[1:].T, rcond=None)[0]
+    dense = ((S[1:].T - B @ coef) ** 2).sum(axis=0) / (S[1:] ** 2).sum(axis=1)
+    np.testing.assert_allclose(share[1:], dense, rtol=1e-6, atol=1e-9)
+    assert share[0] == 1.0 and ((share >= 0) & (share <= 1)).all()
+    with pytest.warns(gpulin.EmptyCellsWarning):
+        order = proj.novelty_score(query)
+        np.testing.assert_array_equal(order, -proj.order_parameters(query).to_numpy().max(axis=1))
+    with pytest.raises(ValueError, match="score must be"):
+        proj.novelty_score(query, score="entropy")
+
+
 def test_projection_basis_over_columns_equals_the_basis_of_the_cut_matrix():
     """ScTOPProjection._fit_counts(X, y, columns=...) (the transfer protocol's reference, not cut):
     library sizes over those columns, profiles over all genes and then their columns, equal the

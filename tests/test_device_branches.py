@@ -524,6 +524,9 @@ def test_sctop_projection_on_the_device(dev, atlas, where):
     np.testing.assert_allclose(named.order_parameters(q).to_numpy(), named_host.order_parameters(shuffled).to_numpy(),
                                rtol=T_RTOL, atol=T_ATOL)
     np.testing.assert_allclose(named.novelty_score(q), named_host.novelty_score(shuffled), rtol=T_RTOL, atol=T_ATOL)
+    # the residual share: the query's squared norms summed on the device
+    np.testing.assert_allclose(named.novelty_score(q, score="residual"),
+                               named_host.novelty_score(shuffled, score="residual"), rtol=1e-6, atol=1e-9)
 
 
 # -- evaluation ------------------------------------------------------------------------------------------
