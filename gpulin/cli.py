@@ -51,26 +51,24 @@ def _demo(args: argparse.Namespace) -> int:
     if args.plot and emb.shape[1] < 2:
         print("  (one component: no scatter plot)")
     elif args.plot:
-        try:
+        try:  # a standalone Figure: no pyplot, so main() called in a session leaves its backend alone
             import matplotlib
+            from matplotlib.figure import Figure
         except ImportError:
             print("  (matplotlib not installed: no plot; pip install 'gpulin[plot]')")
             return 0
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         from sklearn.feature_selection import f_classif
 
         # PC1-2 carry species and depth here; the third panel shows the pair of components that
         # separate the cell types best (largest one-way ANOVA F of the components on cell_type).
         best = np.sort(np.argsort(-np.nan_to_num(f_classif(emb, codes)[0]))[:2]) if emb.shape[1] > 2 else [0, 1]
         panels = (("cell_type", 0, 1), ("species", 0, 1), ("cell_type", int(best[0]), int(best[-1])))
-        fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+        fig = Figure(figsize=(16, 4.8), layout="tight")
+        axes = fig.subplots(1, 3)
         for ax, (key, i, j) in zip(axes, panels):
             cats = adata.obs[key].cat.categories
             kc = adata.obs[key].cat.codes.to_numpy()
-            colours = plt.get_cmap("tab10" if len(cats) <= 10 else "tab20")
+            colours = matplotlib.colormaps["tab10" if len(cats) <= 10 else "tab20"]
             for c, name in enumerate(cats):
                 m = kc == c
                 ax.scatter(emb[m, i], emb[m, j], s=2, alpha=0.5, label=str(name), rasterized=True,
@@ -80,7 +78,6 @@ def _demo(args: argparse.Namespace) -> int:
             ax.set_title(f"coloured by {key}" + (" (the best-separating pair)" if (i, j) != (0, 1) else ""))
             ax.legend(markerscale=4, fontsize=6, ncol=2, frameon=False)
         fig.suptitle(f"gpulin {args.method} PCA, {adata.n_obs:,} synthetic cells ({info['device']})")
-        fig.tight_layout()
         out = Path(args.plot)
         fig.savefig(out, dpi=120)
         print(f"  wrote {out}")

@@ -145,19 +145,19 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, proba: np.nda
 def plot_confusion(confusion: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     """Row-normalised confusion matrix heat map (fraction of each true type), counts annotated.
 
-    Needs matplotlib (``pip install 'gpulin[plot]'``).
+    Needs matplotlib (``pip install 'gpulin[plot]'``). Drawn on a standalone ``Figure`` (no
+    pyplot): the caller's backend and open figures (a notebook's inline plots) are left alone.
     """
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("plot_confusion needs matplotlib: pip install 'gpulin[plot]'") from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     counts = confusion.to_numpy()
     frac = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(confusion)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * n + 2.5), max(3.5, 0.45 * n + 1.8)))
+    fig = Figure(figsize=(max(4.0, 0.45 * n + 2.5), max(3.5, 0.45 * n + 1.8)), layout="tight")
+    ax = fig.subplots()
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(counts.shape[1]), [str(c) for c in confusion.columns], rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(n), [str(c) for c in confusion.index], fontsize=7)
@@ -171,10 +171,8 @@ def plot_confusion(confusion: pd.DataFrame, path: str | Path, title: str = "") -
                             color="white" if frac[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true type")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path
 
 

@@ -173,11 +173,17 @@ def test_evaluate_novel_and_errors():
 
 
 def test_evaluate_writes_per_class_report_and_confusion(tmp_path):
-    pytest.importorskip("matplotlib")
+    matplotlib = pytest.importorskip("matplotlib")
     a = labelled(seed=4)
-    with threadpool_limits(1):
-        table = evaluate(a, "type", "split5", device="cpu", min_cells=50, n_components=10, progress=False,
-                         n_splits=2, out_dir=tmp_path)
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands for a session's own backend (a notebook's inline one)
+    try:
+        with threadpool_limits(1):
+            table = evaluate(a, "type", "split5", device="cpu", min_cells=50, n_components=10, progress=False,
+                             n_splits=2, out_dir=tmp_path)
+        assert matplotlib.get_backend() == "svg"  # the confusion PNG leaves the caller's backend alone
+    finally:
+        matplotlib.use(backend)
     conf, per_class = pooled_confusion(table), pooled_per_class(table)
     # Pooled over both splits: every test cell counted once per split, rows = true labels.
     assert conf.to_numpy().sum() == table["n_test"].sum()

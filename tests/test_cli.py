@@ -11,10 +11,16 @@ from gpulin.datasets import synthetic_atlas
 
 
 def test_demo_embeds_reports_and_plots(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
+    matplotlib = pytest.importorskip("matplotlib")
     png = tmp_path / "demo.png"
-    rc = main(["demo", "--device", "cpu", "--n-cells", "1500", "--n-genes", "600", "--n-components", "10",
-               "--plot", str(png)])
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands for a session's own backend (a notebook's inline one)
+    try:
+        rc = main(["demo", "--device", "cpu", "--n-cells", "1500", "--n-genes", "600", "--n-components", "10",
+                   "--plot", str(png)])
+        assert matplotlib.get_backend() == "svg"  # main() called in a session leaves its backend alone
+    finally:
+        matplotlib.use(backend)
     out = capsys.readouterr().out
     assert rc == 0
     assert "synthetic atlas: 1,500 cells x 600 genes" in out
