@@ -173,7 +173,7 @@ def touched_empty(shape: Any, dtype: Any) -> np.ndarray:
 
 def use_threads(n: int) -> int:
     """Set Numba's thread count for the calling thread to ``n`` (at most Numba's pool); return it."""
-    n = max(1, min(int(n), int(_numba_config.NUMBA_NUM_THREADS)))
+    n = max(1, min(int(n), int(getattr(_numba_config, "NUMBA_NUM_THREADS"))))
     if get_num_threads() != n:
         set_num_threads(n)
     return n
@@ -466,6 +466,7 @@ def scaled_right(V: np.ndarray, inv_scale: np.ndarray, mean: np.ndarray, threads
     ``StandardizedOperator._scaled_right`` (one float64 copy of ``V`` and three passes over it).
     """
     W, colsum, shift = _scaled_column_sums(V, inv_scale, mean, threads, write=True)
+    assert W is not None  # written: write=True
     return W, colsum.astype(np.float32), shift.astype(np.float32)
 
 

@@ -92,7 +92,8 @@ def csr_row_sums(values: Any, indptr: Any) -> Any:
     """
     n_rows = int(indptr.shape[0]) - 1
     if isinstance(values, np.ndarray):  # CPU twin
-        counts = np.diff(np.asarray(indptr, dtype=np.int64))
+        ptr = np.asarray(indptr).astype(np.int64)
+        counts = ptr[1:] - ptr[:-1]
         rows = np.repeat(np.arange(n_rows), counts)
         return np.bincount(rows, weights=values.astype(np.float64, copy=False), minlength=n_rows)
     import cupy as cp

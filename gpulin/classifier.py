@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from ._backend import CPU, is_gpu_array, memory_guard, releases_memory, resolve_backend, to_host
+from ._backend import CPU, Backend, is_gpu_array, memory_guard, releases_memory, resolve_backend, to_host
 from ._validation import check_batch_size, check_int, check_number
 from .embed import _matrix_and_genes, align_genes, align_query, check_overlap, check_unique_genes, warn_duplicated_genes
 from .implicit import GeneScaling, SparsePlusRowConstant, StandardizedOperator
@@ -191,7 +191,7 @@ class CellTypeClassifier(_LabelScore, BaseEstimator):
         the query with it.
     """
 
-    def __init__(self, preset: str = "souza-mehta-2026", *, device: str = "auto", **overrides: Any) -> None:
+    def __init__(self, preset: str = "souza-mehta-2026", *, device: str | Backend = "auto", **overrides: Any) -> None:
         if preset not in PRESETS:
             raise ValueError(f"Unknown preset {preset!r}; expected one of {list(PRESETS)}.")
         params = dict(PRESETS[preset])
@@ -354,7 +354,8 @@ class CellTypeClassifier(_LabelScore, BaseEstimator):
         # 11,674 genes at 13% density, 13 columns: 27 ms with tiles)
         op = StandardizedOperator(S, self.scaling_.on(S.backend), self.genes_, dense_tiles=False)
         xp = S.backend.xp
-        if not hasattr(self, "folded_coef_"):  # fitted (and pickled) before gpulin kept it
+        if not hasattr(self, "folded_coef_"):  # fitted (and pickled) before gpulin kept it, with loadings
+            assert self.components_ is not None
             self.folded_coef_ = self.components_.T @ self._whitened_coef()
         z = op.matmat(xp.asarray(self.folded_coef_)).astype(xp.float64)
         z += xp.asarray(np.asarray(self.model_.intercept_, dtype=np.float64))[None, :]
@@ -413,7 +414,8 @@ class ScTOPProjection(_LabelScore, BaseEstimator):
     device : {"cpu", "cuda", "auto"}
     """
 
-    def __init__(self, unassigned_threshold: float | None = 0.1, *, min_gene_overlap: float = 0.5, device: str = "auto") -> None:
+    def __init__(self, unassigned_threshold: float | None = 0.1, *, min_gene_overlap: float = 0.5,
+                 device: str | Backend = "auto") -> None:
         self.unassigned_threshold = unassigned_threshold
         self.min_gene_overlap = min_gene_overlap
         self.device = device
@@ -531,4 +533,6 @@ class ScTOPProjection(_LabelScore, BaseEstimator):
         if score not in ("order", "residual"):
             raise ValueError(f"score must be 'order' or 'residual', got {score!r}.")
         a, share = self._project(adata, layer, residual=score == "residual")
-        return share if score == "residual" else -a.max(axis=1)
+        if share is not None:
+            return share
+        return -a.max(axis=1)

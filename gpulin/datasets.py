@@ -489,7 +489,7 @@ def synthetic_atlas(
     cap = int(min(n_cells * n_genes, _CAPACITY_FACTOR * target * n_cells * n_genes + 65536))
     idx_dtype: type = np.int32 if cap < 2**31 else np.int64
     data = np.empty(cap, dtype=dtype)
-    indices = np.empty(cap, dtype=idx_dtype)
+    indices: np.ndarray = np.empty(cap, dtype=idx_dtype)
     row_nnz = np.empty(n_cells, dtype=np.int64)
     n_counts = np.empty(n_cells, dtype=np.int64)
     pos = 0

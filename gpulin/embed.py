@@ -247,10 +247,12 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.scale_ = np.asarray(to_host(scaling.scale))
         self.var_ = np.asarray(to_host(scaling.var))
         self.mask_var_ = mask
-        self.components_ = res.components
+        components = res.components
+        assert components is not None  # pca() forms the loadings unless told not to
+        self.components_: np.ndarray = components
         if not mask.all():  # full-width loadings, zero outside the mask (scanpy's convention)
-            self.components_ = np.zeros((res.components.shape[0], G), dtype=res.components.dtype)
-            self.components_[:, mask] = res.components
+            self.components_ = np.zeros((components.shape[0], G), dtype=components.dtype)
+            self.components_[:, mask] = components
         self.singular_values_ = res.singular_values
         self.explained_variance_ = res.explained_variance
         self.explained_variance_ratio_ = res.explained_variance_ratio

@@ -373,6 +373,7 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
         if approach == "projection":
             proj = ScTOPProjection(None, device=backend).fit(X[tr], y[tr])
             return _softmax(proj.order_parameters(X[te]).to_numpy()), np.asarray(proj.classes_)
+        assert S is not None  # the pipeline's transform, made above
         clf = CellTypeClassifier(preset, device=backend, **classifier_params).fit_transformed(
             S.take_rows(tr), y[tr], loadings=False)  # predictions only: no PCA loadings needed
         return clf.predict_proba_transformed(S.take_rows(te)), np.asarray(clf.classes_)

@@ -338,9 +338,9 @@ class StandardizedOperator:
         self.backend = S.backend
         xp = self.backend.xp
         self.genes = None if genes is None else xp.asarray(genes, dtype=xp.int64)
-        n_genes = S.n_genes if genes is None else int(self.genes.shape[0])
+        n_genes = S.n_genes if self.genes is None else int(self.genes.shape[0])
         self.shape = (S.shape[0], n_genes)
-        sc = scaling if genes is None else scaling.subset(self.genes)
+        sc = scaling if self.genes is None else scaling.subset(self.genes)
         self.mean = sc.mean
         self.inv_scale = 1.0 / sc.scale
         self.var = sc.var

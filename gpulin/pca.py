@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -24,7 +24,6 @@ from . import _host_rows
 from ._backend import to_host
 from .cell_gram import split_rare_genes
 
-Solver = Literal["auto", "randomized", "gram", "sklearn"]
 
 
 @dataclass
@@ -161,6 +160,7 @@ def _cholesky_qr(
             return None
         Q = _times_small(Q, _upper_inverse(Rk).astype(Q.dtype), xp)
         R = Rk if R is None else Rk @ R
+    assert R is not None, "passes >= 1"
     return Q, R
 
 
@@ -301,7 +301,7 @@ def pca(
     op: Any,
     n_components: int,
     *,
-    solver: Solver = "auto",
+    solver: str = "auto",
     n_oversamples: int | None = None,
     n_iter: int | None = None,
     seed: int = 0,

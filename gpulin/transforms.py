@@ -72,16 +72,16 @@ def plan_row_blocks(indptr: np.ndarray, n_genes: int, backend: Backend, batch_si
         # of the input's own size.
         target = int(np.clip(int(indptr[-1]) // 8, 1 << 18, _CPU_BLOCK_NNZ))
     target = max(target, n_genes)  # a block holds at least one full cell
-    bounds = [0]
+    edges = [0]
     # Greedy cut on the cumulative nonzero count.
     cuts = np.searchsorted(indptr, np.arange(target, int(indptr[-1]) + target, target), side="right") - 1
     for cut in cuts:
-        cut = int(min(max(cut, bounds[-1] + 1), n))
-        if cut > bounds[-1]:
-            bounds.append(cut)
-    if bounds[-1] != n:
-        bounds.append(n)
-    return np.asarray(bounds, dtype=np.int64)
+        cut = int(min(max(cut, edges[-1] + 1), n))
+        if cut > edges[-1]:
+            edges.append(cut)
+    if edges[-1] != n:
+        edges.append(n)
+    return np.asarray(edges, dtype=np.int64)
 
 
 def _block_view(X: Any, indptr_host: np.ndarray, start: int, stop: int, backend: Backend) -> Any:
@@ -256,6 +256,7 @@ def transform_implicit(
         check_number("target_sum", target_sum, 0.0, low_open=True, allow_none=True)
         if target_sum is None:
             target_sum = median_library_size(csr)
+    scale_to = 0.0 if target_sum is None else float(target_sum)  # lognorm's (sctop has none)
     n, G = csr.shape
     indptr_host = np.asarray(to_host(csr.indptr), dtype=np.int64)
     bounds = plan_row_blocks(indptr_host, G, backend, batch_size)
@@ -285,12 +286,12 @@ def transform_implicit(
                 # CPU twin of _sctop_block (tests/test_cpu_kernels.py): a sort per cell, in threads.
                 vals, c, ne = _cpu_kernels.sctop_rows(blk.indptr, blk.data, G, workers, ztab)
             elif use_kernels:
-                vals, ne = _cpu_kernels.lognorm_rows(blk.indptr, blk.data, float(target_sum), workers)
+                vals, ne = _cpu_kernels.lognorm_rows(blk.indptr, blk.data, scale_to, workers)
                 c = np.zeros(stop - start, dtype=np.float64)
             elif method == "sctop":
                 vals, c, ne = _sctop_block(blk, G, backend)
             else:
-                vals, c, ne = _lognorm_block(blk, float(target_sum), backend)
+                vals, c, ne = _lognorm_block(blk, scale_to, backend)
             c_all[start:stop] = c
             return _with_values(blk, vals, backend), ne
 

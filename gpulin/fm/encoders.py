@@ -184,6 +184,8 @@ class LearnedPositional(nn.Module):
 class SinusoidalPositional(nn.Module):
     """Fixed sinusoidal positions (UCE); a non-persistent buffer filled by :meth:`reset_buffers`."""
 
+    pe: torch.Tensor  # (max_len, d_model), registered as a buffer
+
     def __init__(self, max_len: int, d_model: int) -> None:
         super().__init__()
         self.max_len, self.d_model = max_len, d_model

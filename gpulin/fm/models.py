@@ -152,6 +152,7 @@ class FMEncoder(nn.Module):
         self.embed_norm = nn.LayerNorm(d) if cfg.embed_layernorm else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(d) if cfg.final_norm else None
+        self.output_head: nn.Sequential | None
         if cfg.output_head == "uce_decoder":
             out = cfg.output_dim or d
             self.output_head = nn.Sequential(
@@ -187,6 +188,7 @@ class FMEncoder(nn.Module):
         pos = torch.arange(T, device=ids.device)
         valid = pos[None, :] < lengths.clamp(min=1)[:, None]  # (B, T); key 0 always visible
         if self.cfg.attention == "count_causal":
+            assert counts is not None, "count-biased attention needs the counts"
             causal = pos[None, :] <= pos[:, None]  # (T_q, T_k)
             bias = torch.log1p(counts.float())  # (B, T) per key
             allowed = causal[None, :, :] & valid[:, None, :]
@@ -228,6 +230,7 @@ class FMEncoder(nn.Module):
             # TranscriptFormer: input is right-shifted behind [START] (count 1); lengths grow by 1,
             # so a cell filling the whole context loses its last gene (the time is the same: every
             # cell is padded to the full context)
+            assert values is not None, "TranscriptFormer's tokens carry counts"
             ids = torch.cat([torch.full_like(ids[:, :1], _START_ID), ids[:, :-1]], dim=1)
             counts = torch.cat([torch.ones_like(values[:, :1]), values[:, :-1]], dim=1)
             lengths = (lengths + 1).clamp(max=ids.shape[1])
@@ -353,8 +356,9 @@ def matmul_params_per_token(cfg: FMConfig) -> int:
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear) and (head_per_token or not name.startswith("output_head")):
             total += m.weight.numel()
-    if isinstance(model.expression_encoder, nn.Module) and hasattr(model.expression_encoder, "bins"):
-        total += model.expression_encoder.bins.weight.numel()
+    bins = getattr(model.expression_encoder, "bins", None)
+    if isinstance(bins, nn.Embedding):
+        total += bins.weight.numel()
     return total
 
 

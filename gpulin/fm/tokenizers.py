@@ -143,7 +143,7 @@ def _max_rows_per_chunk(n_genes: int) -> int:
     return 1 << row_bits
 
 
-def _pack(rows: np.ndarray, key31: np.ndarray, cols: np.ndarray, n_genes: int) -> np.ndarray:
+def _pack(rows: np.ndarray, key31: np.ndarray | int, cols: np.ndarray, n_genes: int) -> np.ndarray:
     """Packed int64 sort key ``(row, key31, column)``; unique per entry, so sorting is deterministic.
 
     ``rows`` must be below :func:`_max_rows_per_chunk`; ``key31`` is a non-negative int64 < 2**31.

@@ -295,7 +295,7 @@ class LinearClassifierBase(ClassifierMixin, BaseEstimator):
     backend), in float64, in row blocks; results come back to the host as NumPy arrays.
     """
 
-    device: str
+    device: str | Backend
     batch_size: int | None
 
     def _check_fitted(self) -> None:

@@ -308,7 +308,7 @@ class LogisticRegression(LinearClassifierBase):
         max_iter: int = 1000,
         tol: float = 1e-6,
         fit_intercept: bool = True,
-        device: str = "auto",
+        device: str | Backend = "auto",
         batch_size: int | None = None,
         history: int = 10,
     ) -> None:

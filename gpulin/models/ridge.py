@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from .._backend import to_host
+from .._backend import Backend, to_host
 from ._labels import (
     LinearClassifierBase,
     check_batch_size,
@@ -85,7 +85,7 @@ class RidgeClassifier(LinearClassifierBase):
         alpha: float = 1.0,
         class_weight: None | str | dict = None,
         fit_intercept: bool = True,
-        device: str = "auto",
+        device: str | Backend = "auto",
         batch_size: int | None = None,
     ) -> None:
         self.alpha = alpha
