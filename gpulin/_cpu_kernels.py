@@ -997,8 +997,8 @@ def csr_dot64(X: Any, V: np.ndarray, threads: int) -> np.ndarray:
 
     The CPU twin of SciPy's ``X @ V``, to the last bit (each row's stored values added in storage
     order, the values widened to float64 first), with rows in threads and without SciPy's float64
-    copy of a float32 ``X``: a 1,886 x 11,674 Baron query (2.3M values) times 9 columns,
-    SciPy 12.5 ms, this kernel ~3 ms on 2 threads.
+    copy of a float32 ``X``: a Baron-sized query (1,886 x 11,674, 2.3M values) times 9 columns,
+    SciPy 7.9 ms, this kernel 4.4 ms on 2 threads (medians of 20, 2-core Xeon).
     """
     V = np.ascontiguousarray(V, dtype=np.float64)
     if V.ndim != 2 or V.shape[0] != X.shape[1]:

@@ -522,6 +522,7 @@ class ScTOPProjection(_LabelScore, BaseEstimator):
         thr = self.unassigned_threshold if unassigned_threshold == -np.inf else unassigned_threshold
         return _assign(np.asarray(self.classes_), a, thr)
 
+    @releases_memory
     def novelty_score(self, adata: Any, *, layer: str | None = None, score: str = "order") -> np.ndarray:
         """Higher for cells unlike every basis type (n_cells,).
 
