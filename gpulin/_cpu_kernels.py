@@ -839,6 +839,8 @@ def value_counts(data: np.ndarray, threads: int, indices: np.ndarray | None = No
     """``(non-finite, negative, non-integer)`` counts of a float array (CPU twin of ``check_counts``);
     with ``indices`` (the column of each value) and a boolean ``columns`` mask, of the values in
     those columns only."""
+    if columns is not None and (indices is None or indices.shape != data.shape):
+        raise ValueError("value_counts(columns=...) needs the column index of every value (indices).")
     threads = use_threads(threads)
     parts = threads * 4
     bounds = np.linspace(0, data.size, parts + 1).astype(np.int64)

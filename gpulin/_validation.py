@@ -88,6 +88,8 @@ def check_counts(csr: Any, backend: Backend, *, name: str = "X", method: str = "
         Non-integer values: ``method`` expects raw counts.
     """
     xp = backend.xp
+    if columns is not None and tuple(columns.shape) != (csr.shape[1],):
+        raise ValueError(f"columns must be a boolean mask of the {csr.shape[1]} columns, got shape {columns.shape}.")
     data = csr.data
     if data.size == 0:
         return

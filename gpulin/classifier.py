@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.linalg
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ._backend import CPU, Backend, is_gpu_array, memory_guard, releases_memory, resolve_backend, to_host
@@ -512,7 +513,9 @@ class ScTOPProjection(_LabelScore, BaseEstimator):
             if not residual:
                 return a, None
             norms = np.asarray(to_host(S.row_sq_norms()))
-        explained = np.einsum("ij,ij->i", a, Bts)  # ||B a||^2 = a.(B^T s)
+        # ||B a||^2 = ||Q^T s||^2 with B = Q R, Q^T s = R^-T (B^T s): conditioned as B, not B^T B
+        R = scipy.linalg.qr(B, mode="r")[0][: B.shape[1]]  # (types x types) upper triangle
+        explained = (scipy.linalg.solve_triangular(R.T, Bts.T, lower=True) ** 2).sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(norms > 0, 1.0 - explained / np.where(norms > 0, norms, 1.0), 1.0)
         return a, np.clip(share, 0.0, 1.0)

@@ -256,7 +256,7 @@ def transform_implicit(
         check_number("target_sum", target_sum, 0.0, low_open=True, allow_none=True)
         if target_sum is None:
             target_sum = median_library_size(csr)
-    scale_to = 0.0 if target_sum is None else float(target_sum)  # lognorm's (sctop has none)
+    scale_to = float(target_sum) if method == "lognorm" and target_sum is not None else 0.0  # sctop has none
     n, G = csr.shape
     indptr_host = np.asarray(to_host(csr.indptr), dtype=np.int64)
     bounds = plan_row_blocks(indptr_host, G, backend, batch_size)

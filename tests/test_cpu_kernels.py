@@ -413,3 +413,7 @@ def test_value_counts_in_columns_count_only_those_columns(threads):
     assert K.value_counts(X.data, threads, X.indices, mask) == (0, 1, 0)
     with pytest.raises(ValueError, match=r"1 negative value\(s\) \(min -2.0\)"):
         check_counts(X, CPU, columns=mask)
+    with pytest.raises(ValueError, match="boolean mask of the 60 columns"):
+        check_counts(X, CPU, columns=mask[:-1])
+    with pytest.raises(ValueError, match="needs the column index"):
+        K.value_counts(X.data, threads, None, mask)
