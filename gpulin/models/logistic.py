@@ -265,7 +265,8 @@ class LogisticRegression(LinearClassifierBase):
         Inverse regularization strength (> 0).
     class_weight : None, "balanced" or dict, default=None
         ``"balanced"``: ``w_c = S / (K * S_c)`` with sample-weighted class totals ``S_c``
-        (``n / (K * n_c)`` without sample weights). A dict maps labels to weights (default 1).
+        (``n / (K * n_c)`` without sample weights), as scikit-learn >= 1.7 defines it (earlier
+        versions count classes without the sample weights). A dict maps labels to weights (default 1).
     max_iter : int, default=1000
         Maximum L-BFGS iterations; reaching it emits a ``ConvergenceWarning``.
     tol : float, default=1e-6
