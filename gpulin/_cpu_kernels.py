@@ -795,32 +795,13 @@ def lognorm_rows(indptr: np.ndarray, data: np.ndarray, target_sum: float, thread
 # Count validation in one pass
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, nogil=True)
-def _value_counts(data, bounds, out):  # pragma: no cover - compiled
+def _value_counts(data, indices, columns, masked, bounds, out):  # pragma: no cover - compiled
     for ch in prange(bounds.shape[0] - 1):
         n_bad = 0
         n_neg = 0
         n_frac = 0
         for p in range(bounds[ch], bounds[ch + 1]):
-            x = data[p]
-            if not np.isfinite(x):
-                n_bad += 1
-            elif x < 0:
-                n_neg += 1
-            elif np.floor(x) != x:
-                n_frac += 1
-        out[ch, 0] = n_bad
-        out[ch, 1] = n_neg
-        out[ch, 2] = n_frac
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _value_counts_in(data, indices, columns, bounds, out):  # pragma: no cover - compiled
-    for ch in prange(bounds.shape[0] - 1):
-        n_bad = 0
-        n_neg = 0
-        n_frac = 0
-        for p in range(bounds[ch], bounds[ch + 1]):
-            if not columns[indices[p]]:
+            if masked and not columns[indices[p]]:
                 continue
             x = data[p]
             if not np.isfinite(x):
@@ -846,10 +827,10 @@ def value_counts(data: np.ndarray, threads: int, indices: np.ndarray | None = No
     bounds = np.linspace(0, data.size, parts + 1).astype(np.int64)
     out = np.zeros((parts, 3), dtype=np.int64)
     with _launch():
-        if columns is None:
-            _value_counts(data.ravel(), bounds, out)
+        if columns is None:  # every value (the mask and the indices are not read)
+            _value_counts(data.ravel(), np.zeros(1, dtype=np.int32), np.ones(1, dtype=np.bool_), False, bounds, out)
         else:
-            _value_counts_in(data.ravel(), indices, np.asarray(columns, dtype=np.bool_), bounds, out)
+            _value_counts(data.ravel(), indices, np.asarray(columns, dtype=np.bool_), True, bounds, out)
     n_bad, n_neg, n_frac = (int(v) for v in out.sum(axis=0))
     return n_bad, n_neg, n_frac
 
