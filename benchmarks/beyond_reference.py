@@ -8,6 +8,11 @@ novelty score = 1 - top probability, of the left-out type's cells against those 
 and the same for the scTOP projection's two novelty scores (``ScTOPProjection.novelty_score``:
 the negative top order parameter, and the residual share outside the basis span).
 
+The transfer also tries ensembles of the projection and the regressions (the issue's "ensembles of
+projection and regression"): each model's class scores for a cell (decision values; the projection's
+order parameters) are standardized over the classes (mean 0, std 1 per cell; for the logistic
+head the same as standardizing its log-probabilities) and summed with equal weights.
+
 Usage::
 
     python benchmarks/beyond_reference.py [--device cpu|cuda] [--out results/beyond_reference_cpu.json]
@@ -55,6 +60,13 @@ VARIANTS = {
 DIRECTIONS = {"human_to_mouse": ("h", "m", ("gene.name", "human.gene.name")),
               "mouse_to_human": ("m", "h", ("human.gene.name", "gene.name"))}
 PUBLISHED = {"human_to_mouse": (0.662, 0.811), "mouse_to_human": (0.763, 0.819)}
+#: name -> members of an equal-weight ensemble of per-cell standardized class scores
+ENSEMBLES = {
+    "ensemble: souza-mehta-2026 + projection": ("souza-mehta-2026", "projection"),
+    "ensemble: cross-species + projection": ("cross-species", "projection"),
+    "ensemble: souza-mehta-2026 + cross-species": ("souza-mehta-2026", "cross-species"),
+    "ensemble: souza-mehta-2026 + cross-species + projection": ("souza-mehta-2026", "cross-species", "projection"),
+}
 
 
 def main() -> None:
@@ -81,6 +93,10 @@ def main() -> None:
                                          "accuracy": float(t["accuracy"].iloc[0]),
                                          "seconds": time.perf_counter() - t0}
         print(name, json.dumps({k: round(v["macro_f1"], 3) for k, v in transfer[name].items()}), flush=True)
+    if not args.skip_transfer:
+        for name, r in transfer_ensembles(d, orth, args.device).items():
+            transfer[name] = r
+            print(name, json.dumps({k: round(v["macro_f1"], 3) for k, v in r.items()}), flush=True)
     novel = {}
     for key, species in (("h", "baron_human"), ("m", "baron_mouse")):
         t = evaluate(d[key], "cell_type1", "novel", min_cells=50, device=args.device, progress=False)
@@ -112,6 +128,49 @@ def main() -> None:
         for score, v in r.items():
             print(f"| {species} | {score} | {v['mean_auroc']:.3f} |")
     print(f"wrote {path}")
+
+
+def transfer_ensembles(d: dict, orth, device: str) -> dict[str, dict[str, dict[str, float]]]:
+    """The transfer protocol for the :data:`ENSEMBLES`: {name: {direction: {"macro_f1", "accuracy"}}}.
+
+    Both sides are cut to the shared 1:1 orthologs (``map_orthologs``), the reference to its types
+    with >= 20 cells, the query to its cells of those types, as ``evaluate(..., "transfer")`` does
+    (the single models' F1 here equal its rows). Each member's class scores are standardized per
+    cell over the classes, then summed; the prediction is the argmax.
+    """
+    import numpy as np
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from gpulin import CellTypeClassifier, ScTOPProjection, map_orthologs
+
+    def standardized(s):
+        s = np.asarray(s, dtype=np.float64)
+        return (s - s.mean(axis=1, keepdims=True)) / np.maximum(s.std(axis=1, keepdims=True), 1e-12)
+
+    out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in ENSEMBLES}
+    for direction, (ref_key, query_key, cols) in DIRECTIONS.items():
+        ref, query = d[ref_key], map_orthologs(d[query_key], orth, *cols)
+        shared = ref.var_names.intersection(query.var_names)
+        y_ref = ref.obs["cell_type1"].astype(str).to_numpy()
+        types, counts = np.unique(y_ref, return_counts=True)
+        keep = np.isin(y_ref, types[counts >= 20])
+        ref = ref[keep, shared].copy()
+        y_query = query.obs["cell_type1"].astype(str).to_numpy()
+        on = np.isin(y_query, types[counts >= 20])
+        query, y_query = query[on, shared].copy(), y_query[on]
+        proj = ScTOPProjection(device=device).fit(ref, "cell_type1")
+        classes = np.asarray(proj.classes_)
+        scores = {"projection": standardized(proj.order_parameters(query).to_numpy())}
+        for preset in ("souza-mehta-2026", "cross-species"):
+            clf = CellTypeClassifier(preset, device=device).fit(ref, "cell_type1")
+            assert np.array_equal(np.asarray(clf.classes_), classes)
+            decision = clf.decision_function(query)  # (cells, classes): these tasks have >= 8 types
+            scores[preset] = standardized(decision)
+        for name, members in ENSEMBLES.items():
+            pred = classes[np.argmax(sum(scores[m] for m in members), axis=1)]
+            out[name][direction] = {"macro_f1": float(f1_score(y_query, pred, average="macro")),
+                                    "accuracy": float(accuracy_score(y_query, pred))}
+    return out
 
 
 def projection_novelty(adata, device: str, min_cells: int = 50) -> dict[str, dict]:

@@ -255,6 +255,22 @@ class CellTypeClassifier(_LabelScore, BaseEstimator):
         """Class probabilities (n_cells, n_classes); for ridge, a softmax of the decision values."""
         return self.predict_proba_transformed(self._query(adata, layer))
 
+    @releases_memory
+    def decision_function(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
+        """Decision values of the head (float64 on the host), as scikit-learn's linear classifiers.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n_cells,)`` for two classes (the score of ``classes_[1]``), else
+            ``(n_cells, n_classes)``: the logistic head's logits (``predict_proba`` is their
+            softmax) or the ridge head's predicted one-hot targets.
+        """
+        S = self._query(adata, layer)
+        with memory_guard(S.backend, f"predicting {S.shape[0]:,} cells", _REMEDY):
+            z = np.asarray(to_host(self._decision_transformed(S)), dtype=np.float64)
+        return z[:, 0] if z.shape[1] == 1 else z
+
     def predict(self, adata: Any, *, layer: str | None = None, unassigned_threshold: float | None = -np.inf) -> np.ndarray:
         """Predicted labels; cells below ``unassigned_threshold`` (top probability) are "unassigned".
 

@@ -13,6 +13,7 @@ on the GPU (tested: ``tests/test_pca.py``, CPU/GPU agreement, ``gpu`` marker).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -526,7 +527,7 @@ def _rounds_on_sketch_gram(op: Any, omega: np.ndarray, transpose: bool, n_iter: 
             H = T @ T.T if transpose else T.T @ T
         else:
             H = (op.gram_cells() if transpose else op.gram()).astype(xp.float32)
-    Qs = xp.asarray(omega.astype(np.float32))
+    Qs = xp.asarray(omega)
     with _small_dense_context(xp):
         for i in range(n_iter):
             # Between rounds only the span matters: scikit-learn's LU normalization (on the host;
@@ -574,6 +575,29 @@ SKETCH_GRAM_RTOL = 1.0 / 30.0
 ONE_PASS_CHOLESKY_RTOL = 1e-4
 
 
+#: Draws of up to this many values are kept by :func:`_sklearn_gaussian_draw` (4 MB in float32).
+_CACHED_DRAW_MAX_VALUES = 1 << 20
+
+
+def _sklearn_gaussian_draw(seed: int, side: int, l: int) -> np.ndarray:
+    """scikit-learn's ``Omega = RandomState(seed).normal(size=(side, l))`` as float32 (read-only).
+
+    The per-split fits of a cross-validation draw the same small ``Omega`` each time (same seed,
+    same gene count or training-set size): legacy ``RandomState.normal`` takes ~4 ms for
+    1,267 x 230 values, so small draws are computed once per process (:func:`_cached_draw`).
+    """
+    if side * l <= _CACHED_DRAW_MAX_VALUES:
+        return _cached_draw(seed, side, l)
+    return np.random.RandomState(seed).normal(size=(side, l)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_draw(seed: int, side: int, l: int) -> np.ndarray:
+    omega = np.random.RandomState(seed).normal(size=(side, l)).astype(np.float32)
+    omega.flags.writeable = False
+    return omega
+
+
 def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int, loadings: bool = True) -> PCAResult:
     """scikit-learn's ``randomized_svd`` (as ``PCA(svd_solver="randomized")`` calls it) on ``op``.
 
@@ -594,15 +618,14 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int,
     l = min(k + n_oversamples, n, G)
     transpose = n < G
     side = n if transpose else G
-    rng = np.random.RandomState(seed)
-    omega = rng.normal(size=(side, l))
+    omega = _sklearn_gaussian_draw(seed, side, l)
     C = Bt = None
     if _sketch_gram_is_cheaper(op, side, l, n_iter):
         basis, MtQ = _rounds_on_sketch_gram(op, omega, transpose, n_iter)
         Q = basis.data if MtQ is None else None  # an explicit orthonormal Q
         C, Bt = (MtQ, None) if transpose else (None, MtQ)
     else:
-        Q = xp.asarray(omega.astype(np.float32))
+        Q = xp.asarray(omega)
         with _products_context(op):
             if transpose:  # M = A.T: rounds of A.T @ then A @
                 for _ in range(n_iter):

@@ -506,6 +506,14 @@ def test_predictions_through_the_folded_weights_equal_the_model_on_the_embedding
         expected /= expected.sum(axis=1, keepdims=True)
     proba = clf.predict_proba(test)
     np.testing.assert_allclose(proba, expected, atol=1e-5)
+    # decision_function: the head's decision values, scikit-learn's shapes
+    decision = clf.decision_function(test)
+    np.testing.assert_allclose(decision, clf.model_.decision_function(Z), rtol=1e-4, atol=1e-4)
+    assert decision.shape == ((test.n_obs,) if n_types == 2 else (test.n_obs, n_types))
+    d2 = np.stack([-decision, decision], axis=1) if decision.ndim == 1 else decision
+    if clf.params["model"] == "logistic" and n_types == 2:
+        d2 = d2 / 2  # [1 - sigmoid(z), sigmoid(z)] = softmax([-z/2, z/2])
+    np.testing.assert_allclose(np.exp(d2) / np.exp(d2).sum(axis=1, keepdims=True), proba, atol=1e-5)
     del clf.folded_coef_  # as in an estimator pickled before gpulin kept it
     np.testing.assert_allclose(clf.predict_proba(test), proba, atol=1e-12)
     # fitted without loadings (solver="sklearn" on fewer cells than genes skips them)

@@ -166,6 +166,22 @@ def test_threaded_sparse_products_match_materialized_operator(with_genes):
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6, atol=1e-6)
 
 
+def test_sklearn_draw_is_kept_read_only_and_equals_random_state(monkeypatch):
+    """The cached Gaussian draw of solver='sklearn' is RandomState(seed).normal in float32, shared
+    between fits (read-only) only when small; a large draw is made afresh."""
+    from gpulin import pca as pca_module
+
+    ref = np.random.RandomState(3).normal(size=(50, 20)).astype(np.float32)
+    a = pca_module._sklearn_gaussian_draw(3, 50, 20)
+    np.testing.assert_array_equal(a, ref)
+    assert a is pca_module._sklearn_gaussian_draw(3, 50, 20) and not a.flags.writeable
+    assert not np.array_equal(a, pca_module._sklearn_gaussian_draw(4, 50, 20))
+    monkeypatch.setattr(pca_module, "_CACHED_DRAW_MAX_VALUES", 100)
+    b = pca_module._sklearn_gaussian_draw(3, 50, 20)
+    np.testing.assert_array_equal(b, ref)
+    assert b is not a and b.flags.writeable
+
+
 def test_sklearn_solver_gram_rounds_with_a_rank_deficient_sketch():
     """l = n cells: the sketch is rank-deficient (centred data has rank n - 1); the Gram rounds fall
     back to a product for the last step and still match scikit-learn."""
