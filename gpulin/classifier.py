@@ -67,13 +67,33 @@ def warn_uncalibrated_threshold(model: str, threshold: float | None, stacklevel:
 
 
 def _assign(classes: np.ndarray, scores: np.ndarray, threshold: float | None) -> np.ndarray:
-    """The top-scoring class of each row, in the labels' own type; with a ``threshold``, an object
-    array where rows whose top score is below it are :data:`UNASSIGNED`."""
+    """The top-scoring class of each row, in the labels' own type; rows whose top score is below
+    ``threshold`` are :data:`UNASSIGNED`: string labels stay a ``str`` array, other label types
+    become an object array when (and only when) some row is unassigned."""
     labels = classes[scores.argmax(axis=1)]
-    if threshold is not None:
-        labels = labels.astype(object)
-        labels[scores.max(axis=1) < threshold] = UNASSIGNED
+    if threshold is None:
+        return labels
+    low = scores.max(axis=1) < threshold
+    if not low.any():
+        return labels
+    if labels.dtype.kind == "U":
+        return np.where(low, UNASSIGNED, labels)
+    labels = labels.astype(object)
+    labels[low] = UNASSIGNED
     return labels
+
+
+def _training_classes(y: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(y, return_inverse=True)`` of training labels, with clear errors for fewer than
+    two classes and for a class named :data:`UNASSIGNED` (reserved for cells below a threshold:
+    such a class could not be told apart from them, in predictions or in the metrics)."""
+    classes, codes = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"{what} needs at least 2 cell types, got {len(classes)}: {classes.tolist()}.")
+    if any(isinstance(c, str) and c == UNASSIGNED for c in classes.tolist()):
+        raise ValueError(f"A cell type is named {UNASSIGNED!r}, the label gpulin reserves for cells below an "
+                         "unassigned_threshold; rename that type (e.g. 'unassigned_type').")
+    return classes, codes
 
 
 def labels_of(adata: Any, labels: Any, what: str = "label") -> np.ndarray:
@@ -81,7 +101,7 @@ def labels_of(adata: Any, labels: Any, what: str = "label") -> np.ndarray:
     (array-like, one per cell), with clear errors for a missing column, a wrong length or missing
     labels (``what`` names them in the messages, e.g. "group"). String-like labels become ``str``;
     integer, float and bool labels keep their type, so predictions compare equal to them."""
-    n = adata.shape[0]
+    n = adata.shape[0] if hasattr(adata, "shape") else len(adata)  # nested lists of counts too
     if isinstance(labels, str):
         obs = getattr(adata, "obs", None)
         if obs is None:
@@ -102,6 +122,8 @@ def labels_of(adata: Any, labels: Any, what: str = "label") -> np.ndarray:
     if y.isna().any():
         raise ValueError(f"{int(y.isna().sum())} cells have no {what} in {where}.")
     values = y.to_numpy()  # a categorical gives its categories' type
+    if values.dtype.kind == "O" and pd.api.types.infer_dtype(values, skipna=False) in ("integer", "boolean", "floating"):
+        values = pd.Series(values).infer_objects().to_numpy()  # Python ints / bools in an object column
     if values.dtype.kind in "biuf":
         return values
     return np.asarray(y.astype(str))
@@ -297,9 +319,7 @@ class CellTypeClassifier(_LabelScore, BaseEstimator):
         """
         self.backend_ = S.backend
         y = np.asarray(y)
-        classes, codes = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(f"Training needs at least 2 cell types, got {len(classes)}: {classes.tolist()}.")
+        classes, codes = _training_classes(y, "Training")
         n, G = S.shape
         with memory_guard(self.backend_, f"fitting the classifier on {n:,} cells x {G:,} genes", _REMEDY):
             return self._fit_transformed(S, y, codes, loadings)
@@ -472,9 +492,7 @@ class ScTOPProjection(_LabelScore, BaseEstimator):
             on[columns] = 1
             on = where.xp.asarray(on)
         check_counts(csr, where, method="sctop", columns=None if on is None else on != 0)
-        classes, codes = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(f"A basis needs at least 2 cell types, got {len(classes)}: {classes.tolist()}.")
+        classes, codes = _training_classes(y, "A basis")
         n = len(y)
         with memory_guard(where, f"averaging the profiles of {n:,} reference cells", _REMEDY):
             lib = csr.sum(axis=1) if on is None else csr @ on

@@ -446,6 +446,13 @@ def _matrix_and_genes(adata: Any, layer: str | None) -> tuple[Any, Any]:
         else:
             X = adata.to_numpy()
         return X, (np.asarray(genes).astype(str) if named else None)
+    if isinstance(adata, (list, tuple)):  # nested lists of counts, as scikit-learn accepts them
+        try:
+            adata = np.asarray(adata)
+        except ValueError as exc:
+            raise ValueError(f"Could not read the nested {type(adata).__name__} as a cells x genes matrix: {exc}") from None
+        if adata.dtype.kind not in "biuf":
+            raise TypeError(f"Expected numbers in the nested lists of a cells x genes matrix, got dtype {adata.dtype}.")
     if not (scipy.sparse.issparse(adata) or hasattr(adata, "shape")):
         raise TypeError(f"Expected an AnnData or a cells x genes matrix, got {type(adata).__name__}.")
     if len(adata.shape) != 2:

@@ -187,7 +187,12 @@ def _with_pooled(table: pd.DataFrame, y_true: list[np.ndarray], y_pred: list[np.
 
 def pooled_per_class(table: pd.DataFrame) -> pd.DataFrame:
     """The per-class report (:func:`per_class_report`) pooled over all test cells of all splits of
-    a table from :func:`evaluate` (classification protocols)."""
+    a table from :func:`evaluate` (classification protocols).
+
+    A cell in several test sets (the overlapping 80/20 splits of ``split5``) counts once per test
+    set, so ``support`` can exceed a type's number of cells; with an ``unassigned_threshold`` the
+    ``unassigned`` row counts the cells left unassigned (it is not a class: its F1 is 0 and the
+    macro averages of :func:`evaluate` leave it out)."""
     return _attr_frame(table, "per_class")
 
 
@@ -276,6 +281,7 @@ def evaluate(
     progress: bool = True,
     out_dir: str | Path | None = None,
     n_jobs: int | None = None,
+    layer: str | None = None,
     **classifier_params: Any,
 ) -> pd.DataFrame:
     """Run a protocol and return a tidy table: one row per split (or held-out type) with metrics.
@@ -289,8 +295,10 @@ def evaluate(
     protocol : {"split5", "kfold", "group", "transfer", "novel"}
     query, query_label_key : AnnData, str
         ``transfer`` only: the query and its label column (default ``label_key``). Query cells
-        without a label are left out (counted in ``n_unlabelled``); the others are scored on the
-        types the reference knows.
+        without a label are left out (counted in ``n_unlabelled``), and so are cells of types the
+        reference does not know (``n_query_of_other_types``); the others are scored. With
+        ``orthologs``, the table's ``orthologs_*`` columns give :func:`~gpulin.map_orthologs`'s
+        counts (query genes in, mapped, dropped as ambiguous on either side, unmapped).
     orthologs, ortholog_cols : DataFrame or CSV path, (query_col, reference_col)
         ``transfer`` across species: query genes are renamed to reference genes through the 1:1
         table and both sides keep the shared genes only.
@@ -320,8 +328,13 @@ def evaluate(
         split holds its own copy of its training cells. Results depend on the number of threads
         only through floating-point rounding; ``seconds`` is each split's wall time, so splits
         run side by side overlap in it.
+    layer : str, optional
+        The ``layers`` entry holding the raw counts (of ``adata`` and of the ``query``); default ``X``.
     classifier_params
-        Overrides for :class:`~gpulin.classifier.CellTypeClassifier`.
+        Overrides for :class:`~gpulin.classifier.CellTypeClassifier` (``approach="pipeline"``
+        only; the projection takes none). Parameters that the protocol does not use (``query``
+        outside ``transfer``, ``group_key`` outside ``group``, ``n_splits`` outside ``split5`` /
+        ``kfold``) are errors, not silently ignored.
 
     Returns
     -------
@@ -332,7 +345,7 @@ def evaluate(
         the report and confusion matrix pooled over all test cells of all splits.
     """
     table = _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ortholog_cols, approach,
-                      preset, device, min_cells, n_splits, group_key, progress, n_jobs, classifier_params)
+                      preset, device, min_cells, n_splits, group_key, progress, n_jobs, layer, classifier_params)
     if out_dir is not None:
         written = write_report(table, out_dir, title=f"{protocol} {label_key} ({approach})")
         table.attrs["files_written"] = [str(p) for p in written]
@@ -340,13 +353,18 @@ def evaluate(
 
 
 def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ortholog_cols, approach, preset,
-              device, min_cells, n_splits, group_key, progress, n_jobs, classifier_params) -> pd.DataFrame:
+              device, min_cells, n_splits, group_key, progress, n_jobs, layer, classifier_params) -> pd.DataFrame:
     if protocol not in PROTOCOLS:
         raise ValueError(f"Unknown protocol {protocol!r}; expected one of {PROTOCOLS}.")
     if approach not in ("pipeline", "projection"):
         raise ValueError(f"Unknown approach {approach!r}; expected 'pipeline' or 'projection'.")
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; expected one of {list(PRESETS)}.")
+    _check_protocol_arguments(protocol, approach, query=query, query_label_key=query_label_key,
+                              orthologs=orthologs, ortholog_cols=ortholog_cols, n_splits=n_splits,
+                              group_key=group_key, classifier_params=classifier_params)
+    if approach == "pipeline":
+        CellTypeClassifier(preset, device="cpu", **classifier_params)  # unknown or invalid parameters: before any work
     check_int("n_jobs", n_jobs, 1, allow_none=True)
     check_int("n_splits", n_splits, 2 if protocol == "kfold" else 1, allow_none=True)
     check_int("min_cells", min_cells, 1)
@@ -354,12 +372,12 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
     keep = _keep_types(y_all, min_cells)
     if protocol == "transfer":
         return _transfer(adata[keep], label_key, query, query_label_key or label_key, orthologs, ortholog_cols,
-                         approach, preset, device, min_cells, classifier_params)
+                         approach, preset, device, min_cells, layer, classifier_params)
     ad_k = adata[keep]
     y = y_all[keep]
     if len(np.unique(y)) < 2:
         raise ValueError(f"Fewer than 2 cell types have >= {min_cells} cells in obs[{label_key!r}].")
-    X, _ = _matrix_and_genes(ad_k, None)
+    X, _ = _matrix_and_genes(ad_k, layer)
     backend = resolve_backend(device, X)
     t0 = time.perf_counter()
     # The pipeline's transform is per cell: once per dataset, rows taken per split. The projection
@@ -432,7 +450,26 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
     return _with_pooled(table, pooled_true, pooled_pred)
 
 
-def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, approach, preset, device, min_cells, params) -> pd.DataFrame:
+def _check_protocol_arguments(protocol: str, approach: str, *, query: Any, query_label_key: Any, orthologs: Any,
+                              ortholog_cols: Any, n_splits: Any, group_key: Any, classifier_params: dict) -> None:
+    """Clear errors for arguments the protocol or approach would otherwise silently ignore."""
+    unused = []
+    if protocol != "transfer":
+        unused += [name for name, value in (("query", query), ("query_label_key", query_label_key),
+                                            ("orthologs", orthologs), ("ortholog_cols", ortholog_cols)) if value is not None]
+    if protocol != "group" and group_key is not None:
+        unused.append("group_key")
+    if protocol not in ("split5", "kfold") and n_splits is not None:
+        unused.append("n_splits")
+    if unused:
+        raise ValueError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used by protocol={protocol!r}.")
+    if approach == "projection" and classifier_params:
+        raise ValueError(f"Classifier parameters {sorted(classifier_params)} apply to approach='pipeline'; "
+                         "approach='projection' (the scTOP basis, argmax of the order parameters) takes none.")
+
+
+def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, approach, preset, device, min_cells,
+              layer, params) -> pd.DataFrame:
     from .orthologs import ortholog_names
 
     if query is None:
@@ -441,6 +478,7 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
     # the reference's training types only).
     query_genes = np.asarray(query.var_names).astype(str)
     n_query_genes = len(query_genes)
+    ortholog_stats: dict[str, int] = {}
     if orthologs is not None:
         if ortholog_cols is None:
             raise ValueError("ortholog_cols=(query_column, reference_column) is required with orthologs.")
@@ -449,6 +487,7 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
         targets, mapped, stats = ortholog_names(query_genes, orthologs, ortholog_cols[0], ortholog_cols[1])
         query_genes = np.where(mapped, targets, "").astype(str)
         n_query_genes = stats["n_mapped"]
+        ortholog_stats = {f"orthologs_{k}": v for k, v in stats.items()}
     shared = ref.var_names.intersection(pd.Index(query_genes[query_genes != ""] if orthologs is not None else query_genes))
     # Both sides keep the shared genes only: too few of them (a query of another species passed
     # without orthologs=, other gene identifiers) would still give numbers, meaningless ones.
@@ -473,8 +512,8 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
     t1 = time.perf_counter()
     shared_genes = np.asarray(shared).astype(str)
     ref_genes = np.asarray(ref.var_names).astype(str)
-    Xr, _ = _matrix_and_genes(ref, None)
-    Xq, _ = _matrix_and_genes(query, None)
+    Xr, _ = _matrix_and_genes(ref, layer)
+    Xq, _ = _matrix_and_genes(query, layer)
     backend = resolve_backend(device, Xr)
     if approach == "pipeline":  # the projection takes the shared columns from its type profiles
         Xr = align_genes(Xr, ref_genes, shared_genes, backend, name="the reference")
@@ -525,8 +564,9 @@ def _transfer(ref, label_key, query, query_label_key, orthologs, ortholog_cols, 
     on_shared = np.isin(yq, classes)
     if not on_shared.any():
         raise ValueError("Reference and query share no cell-type labels.")
-    row = {"split": "transfer", "approach": approach, "n_shared_genes": len(shared), "n_test": int(on_shared.sum()),
-           "n_unlabelled": int((~labelled).sum()), "shared_types": int(len(np.intersect1d(classes, yq))),
+    row = {"split": "transfer", "approach": approach, "n_shared_genes": len(shared), **ortholog_stats,
+           "n_test": int(on_shared.sum()), "n_unlabelled": int((~labelled).sum()),
+           "n_query_of_other_types": int((~on_shared).sum()), "shared_types": int(len(np.intersect1d(classes, yq))),
            **classification_metrics(yq[on_shared], pred[on_shared], proba[on_shared], classes),
            "seconds": time.perf_counter() - t1}
     return _with_pooled(pd.DataFrame([row]).assign(protocol="transfer"), [yq[on_shared]], [pred[on_shared]])
@@ -579,6 +619,7 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--n-jobs", type=int, default=None,
                    help="splits fitted at once, one core each (CPU default: one per core up to 10,000 cells, "
                         "else 1; on a GPU always 1)")
+    p.add_argument("--layer", default=None, help="the layer of raw counts (data and query; default X)")
     p.add_argument("--query", default=None)
     p.add_argument("--query-label", default=None, help="the query's label column (default: --label)")
     p.add_argument("--orthologs", default=None, help="CSV of 1:1 orthologs")
@@ -605,7 +646,8 @@ def _cli(args: argparse.Namespace) -> int:
     table = evaluate(adata, args.label, args.protocol, query=query, query_label_key=args.query_label,
                      orthologs=args.orthologs, ortholog_cols=tuple(args.ortholog_cols) if args.ortholog_cols else None,
                      approach=args.approach, preset=args.preset, device=args.device, min_cells=args.min_cells,
-                     n_splits=args.n_splits, group_key=args.group, out_dir=args.out_dir, n_jobs=args.n_jobs)
+                     n_splits=args.n_splits, group_key=args.group, out_dir=args.out_dir, n_jobs=args.n_jobs,
+                     layer=args.layer)
     print(table.to_string(index=False))
     print("\nmean:\n" + summarize(table).to_string())
     if "per_class" in table.attrs:

@@ -536,13 +536,18 @@ def test_transfer_renames_through_orthologs_as_map_orthologs_does():
     query.var_names = [f"m{g}" for g in query.var_names]
     table = pd.DataFrame({"mouse": [f"mg{j}" for j in range(20, 300)] + ["mg20"],
                           "human": [f"g{j}" for j in range(20, 300)] + ["g5"]})
-    kw = dict(device="cpu", min_cells=20, n_components=10)
     for approach in ("pipeline", "projection"):
+        kw = dict(device="cpu", min_cells=20, **({"n_components": 10} if approach == "pipeline" else {}))
         t = evaluate(ref, "type", "transfer", query=query, orthologs=table, ortholog_cols=("mouse", "human"),
                      approach=approach, **kw)
         mapped = gpulin.map_orthologs(query, table, "mouse", "human")
         u = evaluate(ref, "type", "transfer", query=mapped, approach=approach, **kw)
         assert t["n_shared_genes"].iloc[0] == u["n_shared_genes"].iloc[0] == 279
+        # the renaming's counts are reported (as map_orthologs' uns), and not for an already mapped query
+        for key, value in mapped.uns["map_orthologs"].items():
+            if isinstance(value, (int, np.integer)):
+                assert t[f"orthologs_{key}"].iloc[0] == value
+        assert "orthologs_n_mapped" not in u
         for col in ("macro_f1", "accuracy", "macro_auroc"):
             assert t[col].iloc[0] == pytest.approx(u[col].iloc[0], abs=1e-12)
         assert t["accuracy"].iloc[0] > 0.9
@@ -612,3 +617,72 @@ def test_evaluate_checks_n_splits_novel_types_and_groups():
     a.obs.loc[a.obs_names[3], "donor"] = None
     with pytest.raises(ValueError, match="1 cells have no group"):
         evaluate(a, "type", "group", group_key="donor", device="cpu", min_cells=10)
+
+
+def test_a_type_named_unassigned_is_refused_and_predictions_keep_the_labels_type():
+    """'unassigned' is reserved for cells below a threshold: a training type of that name would be
+    indistinguishable from them (and left out of the macro averages). Predictions keep the labels'
+    type unless some cell is unassigned."""
+    a = labelled(seed=13)
+    renamed = a.obs["type"].replace({"t0": "unassigned"}).to_numpy()
+    for fit in (lambda: CellTypeClassifier(device="cpu", n_components=5).fit(a, renamed),
+                lambda: ScTOPProjection(device="cpu").fit(a, renamed),
+                lambda: evaluate(a, renamed_column(a, renamed), "split5", device="cpu", min_cells=20, n_splits=1,
+                                 n_components=5, progress=False)):
+        with pytest.raises(ValueError, match="reserves for cells below an unassigned_threshold"):
+            fit()
+    codes = a.obs["type"].str[1:].astype(int).to_numpy()
+    proj = ScTOPProjection(device="cpu").fit(a, codes)  # default threshold 0.1 on the order parameters
+    pred = proj.predict(a)
+    assert pred.dtype.kind == "i" and (pred == codes).mean() > 0.9  # scikit-learn metrics accept it
+    mixed = proj.predict(a, unassigned_threshold=1.0)  # every cell unassigned: object array
+    assert mixed.dtype == object and (mixed == "unassigned").all()
+    strings = ScTOPProjection(device="cpu").fit(a, "type").predict(a, unassigned_threshold=1.0)
+    assert strings.dtype.kind in "UO" and (strings == "unassigned").all()
+
+
+def renamed_column(a: ad.AnnData, values: np.ndarray) -> str:
+    a.obs["renamed"] = values
+    return "renamed"
+
+
+def test_object_columns_of_integers_keep_their_type_and_nested_lists_are_matrices():
+    a = labelled(seed=14)
+    a.obs["code"] = pd.Series(a.obs["type"].str[1:].astype(int).tolist(), dtype=object).to_numpy()
+    clf = CellTypeClassifier(device="cpu", n_components=5).fit(a, "code")
+    assert clf.classes_.dtype.kind == "i"
+    assert (clf.predict(a) == a.obs["code"].to_numpy()).mean() > 0.9
+    counts = a.X[:60].toarray().astype(int).tolist()
+    y = a.obs["type"].to_numpy()[:60]
+    lists = CellTypeClassifier(device="cpu", n_components=5).fit(counts, y)
+    arrays = CellTypeClassifier(device="cpu", n_components=5).fit(np.asarray(counts), y)
+    np.testing.assert_allclose(lists.predict_proba(counts), arrays.predict_proba(np.asarray(counts)))
+    assert (ScTOPProjection(device="cpu").fit(counts, y).predict(counts) == y).mean() > 0.8
+    with pytest.raises(ValueError, match="nested list"):
+        CellTypeClassifier(device="cpu").fit([[1, 2], [3]], [0, 1])
+
+
+def test_evaluate_refuses_arguments_its_protocol_would_ignore_and_reads_a_layer():
+    a = labelled(seed=15)
+    kw = dict(device="cpu", min_cells=20, progress=False)
+    with pytest.raises(ValueError, match="takes none"):
+        evaluate(a, "type", "split5", approach="projection", unassigned_threshold=0.9, **kw)
+    with pytest.raises(TypeError, match="no_such_param"):
+        evaluate(a, "type", "split5", no_such_param=1, **kw)
+    with pytest.raises(ValueError, match="query is not used by protocol='split5'"):
+        evaluate(a, "type", "split5", query=a, **kw)
+    with pytest.raises(ValueError, match="group_key is not used"):
+        evaluate(a, "type", "kfold", group_key="type", **kw)
+    with pytest.raises(ValueError, match="n_splits is not used by protocol='novel'"):
+        evaluate(a, "type", "novel", n_splits=3, **kw)
+    # counts in a layer, something else in X: the same numbers as counts in X
+    b = a.copy()
+    b.layers["counts"] = b.X.copy()
+    b.X = b.X * 0.5
+    t = evaluate(a, "type", "split5", n_splits=2, n_components=10, **kw)
+    u = evaluate(b, "type", "split5", n_splits=2, n_components=10, layer="counts", **kw)
+    np.testing.assert_array_equal(t["macro_f1"], u["macro_f1"])
+    query = a[:100].copy()
+    query.obs.iloc[:10, query.obs.columns.get_loc("type")] = "t_new"  # a type the reference lacks
+    t = evaluate(a[100:].copy(), "type", "transfer", query=query, n_components=10, **kw)
+    assert t["n_query_of_other_types"].iloc[0] == 10 and t["n_test"].iloc[0] == 90

@@ -572,6 +572,9 @@ def test_evaluate_protocols_with_the_counts_on_the_device(dev, atlas, protocol, 
     kw = dict(approach=approach, min_cells=15, n_components=8, n_genes=150, solver="gram", n_splits=2)
     if protocol == "novel":
         kw.pop("n_splits")
+    if approach == "projection":  # classifier parameters are the pipeline's
+        for key in ("n_components", "n_genes", "solver"):
+            kw.pop(key)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         host = gpulin.evaluate(data, "cell_type", protocol, device="cpu", n_jobs=1, **kw)
