@@ -54,6 +54,8 @@ def as_csr(X: Any, backend: Backend, *, name: str = "X") -> Any:
         if arr.dtype.kind == "f" and arr.dtype.itemsize < 4:  # float16: no sparse format holds it
             arr = arr.astype(np.float32)
         csr = to_device(scipy.sparse.csr_matrix(arr), backend)
+    if np.dtype(csr.dtype).kind not in "biuf":  # complex: no count is complex
+        raise TypeError(f"{name} must hold real numbers (counts), got dtype {csr.dtype}.")
     n, g = csr.shape
     if n == 0 or g == 0:
         raise ValueError(f"{name} has shape {csr.shape}: it needs at least one cell and one gene.")
@@ -159,6 +161,12 @@ def check_int(name: str, value: Any, minimum: int, *, allow_none: bool = False) 
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         expected = f"an int >= {minimum}" + (" or None" if allow_none else "")
         raise ValueError(f"{name} must be {expected}, got {value!r}.")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """A clear error unless ``value`` is a bool (``"no"``, None or 0 are not read as switches)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
 
 
 def check_number(name: str, value: Any, low: float, high: float = np.inf, *, low_open: bool = False,

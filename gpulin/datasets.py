@@ -393,17 +393,19 @@ def synthetic_atlas(
     Cells are not filtered: with very few genes or a very low density a cell can have no counts
     (with 20k genes and the default density the probability is negligible).
     """
+    from ._validation import check_int
+
+    for name, value in (("n_cells", n_cells), ("n_genes", n_genes), ("n_types", n_types), ("n_conditions", n_conditions),
+                        ("n_species", n_species), ("n_donors_per_species", n_donors_per_species),
+                        ("chunk_size", chunk_size)):
+        check_int(name, value, 1)
+    check_int("seed", seed, 0)
+    check_int("n_jobs", n_jobs, 1, allow_none=True)
     n_cells = int(n_cells)
     n_genes = int(n_genes)
-    if n_cells < 1 or n_genes < 1:
-        raise ValueError("n_cells and n_genes must be positive")
-    if n_types < 1 or n_conditions < 1 or n_species < 1 or n_donors_per_species < 1:
-        raise ValueError("n_types, n_conditions, n_species, n_donors_per_species must be >= 1")
     lo, hi = (float(x) for x in density)
     if not (0.0 < lo <= hi < 1.0):
         raise ValueError(f"density must satisfy 0 < low <= high < 1, got {density!r}")
-    if chunk_size < 1:
-        raise ValueError("chunk_size must be positive")
     dtype = np.dtype(dtype)
     if dtype.kind not in "iuf":
         raise ValueError(f"dtype must be a numeric dtype, got {dtype}")

@@ -11,7 +11,7 @@ import scipy.sparse
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
 from ._backend import CPU, Backend, is_gpu_array, memory_guard, releases_memory, resolve_backend, to_host
-from ._validation import as_csr, check_batch_size, check_int, check_n_components, check_number
+from ._validation import as_csr, check_batch_size, check_bool, check_int, check_n_components, check_number
 from .implicit import GeneScaling, StandardizedOperator, cpu_workers
 from .pca import PCAResult, pca, whitening_divisors
 from .transforms import METHODS, median_library_size, transform_implicit
@@ -188,6 +188,8 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         check_int("n_oversamples", self.n_oversamples, 0, allow_none=True)
         check_int("seed", self.seed, 0)
         check_number("target_sum", self.target_sum, 0.0, low_open=True, allow_none=True)
+        check_bool("scale", self.scale)
+        check_bool("whiten", self.whiten)
 
     def _transform_counts(self, X: Any, backend: Backend, target_sum: float | None = None) -> Any:
         """The per-cell transform of counts ``X`` (lognorm: ``target_sum``, by default the fitted
@@ -215,7 +217,7 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         backend = resolve_backend(self.device, X)
         # lognorm's library size, resolved on the reference (None: its median) and kept for queries;
         # fitted attributes are set together at the end (a failed re-fit leaves the last fit whole)
-        target_sum = self.target_sum
+        target_sum = self.target_sum if self.method == "lognorm" else None  # sctop has no library size
         if self.method == "lognorm" and self.target_sum is None:
             target_sum = median_library_size(as_csr(X, backend if is_gpu_array(X) else CPU))
         timer = _Timer(backend)
@@ -436,11 +438,16 @@ def _matrix_and_genes(adata: Any, layer: str | None) -> tuple[Any, Any]:
     columns, matched by name as an AnnData's) or a bare matrix."""
     if is_anndata(adata):
         return get_matrix(adata, layer), np.asarray(adata.var_names)
+    if _is_raw(adata):  # adata.raw: its X and var_names (it has no layers)
+        if layer is not None:
+            raise TypeError("layer= does not apply to adata.raw (it has no layers); pass adata with layer=, or adata.raw alone.")
+        return adata.X, np.asarray(adata.var_names)
     if layer is not None:
         raise TypeError("layer= needs an AnnData input.")
     if isinstance(adata, pd.DataFrame):
         genes = adata.columns
-        named = genes.dtype == object and all(isinstance(g, str) for g in genes)
+        # string columns of any dtype (object, pandas' "string" / "str", categorical) name genes
+        named = len(genes) > 0 and all(isinstance(g, str) for g in genes)
         if all(isinstance(dt, pd.SparseDtype) for dt in adata.dtypes) and adata.shape[1]:
             X = adata.sparse.to_coo().tocsr()
         else:
@@ -459,6 +466,11 @@ def _matrix_and_genes(adata: Any, layer: str | None) -> tuple[Any, Any]:
         raise ValueError(f"Expected a 2-dimensional cells x genes matrix, got shape {tuple(adata.shape)}"
                          + (" (one cell: X[None, :])." if len(adata.shape) == 1 else "."))
     return adata, None
+
+
+def _is_raw(obj: Any) -> bool:
+    """Whether ``obj`` is an AnnData's ``raw`` (X and var_names, no obs)."""
+    return type(obj).__name__ == "Raw" and hasattr(obj, "X") and hasattr(obj, "var_names")
 
 
 def is_anndata(obj: Any) -> bool:
@@ -531,6 +543,9 @@ def embed(
     """
     if not (hasattr(adata, "obsm") and hasattr(adata, "uns")):
         raise TypeError(f"embed() needs an AnnData, got {type(adata).__name__}; use LinearEmbedding for matrices.")
+    if not (isinstance(key_added, str) and key_added):
+        raise ValueError(f"key_added must be a non-empty str (the obsm / varm / uns key), got {key_added!r}.")
+    check_bool("copy", copy)
     if copy:
         if getattr(adata, "isbacked", False):
             raise ValueError(

@@ -273,7 +273,7 @@ def evaluate(
     orthologs: pd.DataFrame | str | None = None,
     ortholog_cols: tuple[str, str] | None = None,
     approach: str = "pipeline",
-    preset: str = "souza-mehta-2026",
+    preset: str | None = None,
     device: str = "auto",
     min_cells: int = 100,
     n_splits: int | None = None,
@@ -306,8 +306,9 @@ def evaluate(
         The preset classifier or the scTOP basis projection (:class:`~gpulin.ScTOPProjection`,
         fitted on the training cells of each split; its probabilities for the AUROC and the
         novelty score are a softmax of the order parameters), for every protocol.
-    preset : str
-        :class:`~gpulin.CellTypeClassifier` preset of the pipeline.
+    preset : str, optional
+        :class:`~gpulin.CellTypeClassifier` preset of the pipeline (default
+        ``"souza-mehta-2026"``; ``approach="pipeline"`` only).
     device : {"cpu", "cuda", "auto"}
     min_cells : int
         Keep cell types with at least this many cells (training side).
@@ -358,6 +359,9 @@ def _evaluate(adata, label_key, protocol, query, query_label_key, orthologs, ort
         raise ValueError(f"Unknown protocol {protocol!r}; expected one of {PROTOCOLS}.")
     if approach not in ("pipeline", "projection"):
         raise ValueError(f"Unknown approach {approach!r}; expected 'pipeline' or 'projection'.")
+    if approach == "projection" and preset is not None:
+        raise ValueError(f"preset={preset!r} applies to approach='pipeline'; approach='projection' has no preset.")
+    preset = "souza-mehta-2026" if preset is None else preset
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; expected one of {list(PRESETS)}.")
     _check_protocol_arguments(protocol, approach, query=query, query_label_key=query_label_key,
@@ -457,6 +461,8 @@ def _check_protocol_arguments(protocol: str, approach: str, *, query: Any, query
     if protocol != "transfer":
         unused += [name for name, value in (("query", query), ("query_label_key", query_label_key),
                                             ("orthologs", orthologs), ("ortholog_cols", ortholog_cols)) if value is not None]
+    elif ortholog_cols is not None and orthologs is None:
+        raise ValueError("ortholog_cols is used with orthologs= (the 1:1 table) only; pass both, or neither.")
     if protocol != "group" and group_key is not None:
         unused.append("group_key")
     if protocol not in ("split5", "kfold") and n_splits is not None:
@@ -615,7 +621,8 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--min-cells", type=int, default=100)
     p.add_argument("--n-splits", type=int, default=None)
     p.add_argument("--group", default=None)
-    p.add_argument("--preset", default="souza-mehta-2026", choices=list(PRESETS), help="classifier preset")
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="classifier preset of --approach pipeline (default souza-mehta-2026)")
     p.add_argument("--n-jobs", type=int, default=None,
                    help="splits fitted at once, one core each (CPU default: one per core up to 10,000 cells, "
                         "else 1; on a GPU always 1)")

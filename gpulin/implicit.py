@@ -197,9 +197,16 @@ class SparsePlusRowConstant:
         return _block_view(M, indptr, 0, M.shape[0], self.backend)
 
     def dot(self, V: Any) -> Any:
-        """``S @ V = D V + c (1^T V)`` for dense V (n_genes, k); float64 (n_cells, k) on device."""
+        """``S @ V = D V + c (1^T V)`` for dense V of shape (n_genes, k) or (n_genes,); float64
+        (n_cells, k) or (n_cells,) on device. Also ``S @ V``."""
         xp = self.backend.xp
-        V = xp.ascontiguousarray(xp.asarray(V, dtype=xp.float64))
+        V = xp.asarray(V, dtype=xp.float64)
+        if V.ndim not in (1, 2) or V.shape[0] != self.n_genes:
+            raise ValueError(f"S @ V needs V of shape ({self.n_genes},) or ({self.n_genes}, k) for S of shape "
+                             f"{self.shape}, got {tuple(V.shape)}.")
+        if V.ndim == 1:
+            return self.dot(V[:, None])[:, 0]
+        V = xp.ascontiguousarray(V)
         colsum = V.sum(axis=0)
         out = xp.empty((self.shape[0], V.shape[1]), dtype=xp.float64)
         for start, stop, blk, cb in self.iter_blocks():
@@ -210,6 +217,9 @@ class SparsePlusRowConstant:
 
                 out[start:stop] = csr_dot64(blk, V, cpu_workers()) + cb[:, None] * colsum[None, :]
         return out
+
+    def __matmul__(self, V: Any) -> Any:
+        return self.dot(V)
 
     def row_sq_norms(self) -> Any:
         """``||s_i||^2 = sum_j (D_ij + c_i)^2`` over the ``n_genes`` columns (float64 (n_cells,) on

@@ -675,6 +675,10 @@ def test_evaluate_refuses_arguments_its_protocol_would_ignore_and_reads_a_layer(
         evaluate(a, "type", "kfold", group_key="type", **kw)
     with pytest.raises(ValueError, match="n_splits is not used by protocol='novel'"):
         evaluate(a, "type", "novel", n_splits=3, **kw)
+    with pytest.raises(ValueError, match="has no preset"):
+        evaluate(a, "type", "split5", approach="projection", preset="lognorm-ridge", **kw)
+    with pytest.raises(ValueError, match="ortholog_cols is used with orthologs"):
+        evaluate(a, "type", "transfer", query=a, ortholog_cols=("x", "y"), **kw)
     # counts in a layer, something else in X: the same numbers as counts in X
     b = a.copy()
     b.layers["counts"] = b.X.copy()

@@ -299,10 +299,14 @@ def test_invalid_arguments():
         synthetic_atlas(n_cells=10, n_genes=500, density=(0.0, 0.1))
     with pytest.raises(ValueError, match="too small"):
         synthetic_atlas(n_cells=10, n_genes=30, n_types=12)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n_cells must be an int >= 1, got 0"):
         synthetic_atlas(n_cells=0)
     with pytest.raises(ValueError, match="dtype"):
         synthetic_atlas(n_cells=10, n_genes=500, dtype=object)
+    for kw, match in ((dict(seed=-1), "seed must be an int >= 0"), (dict(n_cells=2.5), "n_cells must be an int"),
+                      (dict(n_jobs=0), "n_jobs must be an int >= 1"), (dict(chunk_size=0), "chunk_size")):
+        with pytest.raises(ValueError, match=match):
+            synthetic_atlas(**{"n_cells": 10, "n_genes": 500, **kw})
 
 
 # ------------------------------------------------------------------------------ loaders

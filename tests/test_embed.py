@@ -121,6 +121,32 @@ def test_bad_input_errors():
 
     with pytest.raises(NotFittedError):
         LinearEmbedding().transform(a)
+    # switches and keys checked before any work, and nothing written on failure
+    for kw, match in ((dict(scale="no"), "scale must be True or False"), (dict(whiten=None), "whiten must be"),
+                      (dict(copy="yes"), "copy must be"), (dict(key_added=None), "key_added must be a non-empty str"),
+                      (dict(key_added=""), "key_added")):
+        with pytest.raises(ValueError, match=match):
+            gpulin.embed(a, device="cpu", n_components=5, **kw)
+    assert len(a.obsm) == 0 and len(a.uns) == 0
+    complex_counts = a.copy()
+    complex_counts.X = complex_counts.X.astype(np.complex64)
+    with pytest.raises(TypeError, match="real numbers"):
+        gpulin.embed(complex_counts, device="cpu", n_components=5)
+
+
+def test_adata_raw_is_read_as_counts_and_genes_and_sctop_ignores_target_sum():
+    a = make_adata(n=60, g=50)
+    b = a.copy()
+    b.raw = a.copy()
+    b = b[:, :30].copy()  # raw keeps all 50 genes
+    est = LinearEmbedding(n_components=5, device="cpu").fit(b.raw)
+    assert list(est.var_names_) == list(a.var_names)
+    np.testing.assert_allclose(est.transform(b.raw), LinearEmbedding(n_components=5, device="cpu").fit_transform(a),
+                               atol=1e-5)
+    with pytest.raises(TypeError, match="adata.raw"):
+        LinearEmbedding(n_components=5, device="cpu").fit(b.raw, layer="counts")
+    gpulin.embed(a, device="cpu", n_components=5, target_sum=7.0)  # not a parameter of sctop: not recorded
+    assert a.uns["X_gpulin"]["params"]["target_sum"] is None
 
 
 def test_cuda_without_gpu_raises_a_clear_error():
@@ -316,6 +342,10 @@ def test_dataframe_genes_are_matched_by_name_and_vectors_get_a_clear_error():
     np.testing.assert_allclose(est.transform(df[df.columns[::-1]]), est.transform(df), atol=1e-5)
     sparse_df = pd.DataFrame.sparse.from_spmatrix(sp.csr_matrix(counts), columns=df.columns)
     np.testing.assert_allclose(est.transform(sparse_df), est.transform(df), atol=1e-5)
+    # gene names in pandas' string dtype (pandas 3's default) or a categorical index: still names
+    for columns in (pd.Index(df.columns[::-1], dtype="string"), pd.CategoricalIndex(df.columns[::-1])):
+        np.testing.assert_allclose(est.transform(pd.DataFrame(counts[:, ::-1], columns=columns)),
+                                   est.transform(df), atol=1e-5)
     with pytest.raises(ValueError, match=r"2-dimensional.*X\[None, :\]"):
         est.transform(counts[0])
     with pytest.raises(TypeError, match="needs an AnnData input"):

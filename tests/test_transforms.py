@@ -70,6 +70,12 @@ def test_sparse_form_is_sparse_plus_one_constant_per_cell(counts):
         assert np.allclose(dense[i, zeros], S.c[i])
     # The index arrays of the counts are shared, not copied.
     assert np.shares_memory(S.blocks[0].indices, counts.indices)
+    # S @ V with a matrix or a vector, as the dense product
+    V = np.random.default_rng(0).standard_normal((counts.shape[1], 3))
+    np.testing.assert_allclose(S @ V, dense.astype(np.float64) @ V, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(S @ V[:, 0], (S @ V)[:, 0], rtol=1e-12)
+    with pytest.raises(ValueError, match=r"S @ V needs V of shape"):
+        S @ V[:-1]
 
 
 @pytest.mark.parametrize("batch_size", [None, 1, 17, 1000])
