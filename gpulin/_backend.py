@@ -162,13 +162,12 @@ def _unpickle_backend(name: str) -> Backend:
     """The backend of a pickled estimator: its device here, or the CPU with a warning when it was
     fitted on a GPU and none is usable here (its fitted arrays are host arrays)."""
     if name == "cuda" and not cuda_available():
-        import warnings
+        from ._warnings import warn_user
 
-        warnings.warn(
+        warn_user(
             f"This object was fitted on a CUDA GPU, but none is usable here ({_cuda_probe()[1]}); "
             "it will compute on the CPU.",
             RuntimeWarning,
-            stacklevel=2,
         )
         return CPU
     return get_backend(name)

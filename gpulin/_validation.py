@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 import scipy.sparse
 
 from ._backend import Backend, is_gpu_array, to_device
+from ._warnings import warn_user
 
 
 def as_csr(X: Any, backend: Backend, *, name: str = "X") -> Any:
@@ -123,11 +123,10 @@ def check_counts(csr: Any, backend: Backend, *, name: str = "X", method: str = "
             "non-negative counts. Pass the counts layer (layer=...) rather than scaled or centred data."
         )
     if n_frac:
-        warnings.warn(
+        warn_user(
             f"{name} has {n_frac} non-integer value(s); {method!r} is designed for raw counts "
             "(is this already normalized?). Continuing.",
             UserWarning,
-            stacklevel=3,
         )
 
 

@@ -19,6 +19,7 @@ from .models import LogisticRegression, RidgeClassifier
 from .pca import pca, whitening_divisors
 from .selection import f_classif, group_sums, select_k_best
 from .transforms import METHODS, transform_implicit
+from ._warnings import warn_user
 
 UNASSIGNED = "unassigned"
 #: What to change when a step after the transform runs out of memory (gpulin._backend.memory_guard).
@@ -50,19 +51,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def warn_uncalibrated_threshold(model: str, threshold: float | None, stacklevel: int = 2) -> None:
-    """A warning when an ``unassigned_threshold`` is applied to a ridge head's softmax scores
-    (``stacklevel`` as in :func:`warnings.warn`, counted from the caller of this function)."""
+def warn_uncalibrated_threshold(model: str, threshold: float | None) -> None:
+    """A warning when an ``unassigned_threshold`` is applied to a ridge head's softmax scores."""
     if threshold is not None and model == "ridge":
-        import warnings
-
-        warnings.warn(
+        warn_user(
             f"unassigned_threshold={threshold} compares the top class probability, but a ridge head's "
             "probabilities are a softmax of its regression scores, not calibrated (top values near "
             "1 / n_classes), so most cells may come out 'unassigned'. Use model='logistic' for a "
             "threshold, or rank cells by novelty_score().",
             UserWarning,
-            stacklevel=stacklevel + 1,
         )
 
 
@@ -420,7 +417,7 @@ class CellTypeClassifier(_LabelScore, BaseEstimator):
             threshold = self.params["unassigned_threshold"]
         else:
             check_number("unassigned_threshold", threshold, 0.0, 1.0, allow_none=True)
-        warn_uncalibrated_threshold(self.params["model"], threshold, stacklevel=3)  # predict()'s caller
+        warn_uncalibrated_threshold(self.params["model"], threshold)
         return _assign(np.asarray(self.classes_), proba, threshold)
 
     def _query(self, adata: Any, layer: str | None) -> SparsePlusRowConstant:

@@ -43,6 +43,8 @@ import scipy.optimize
 import scipy.sparse
 import scipy.special
 
+from ._warnings import warn_user
+
 __all__ = [
     "synthetic_atlas",
     "data_dir",
@@ -523,10 +525,9 @@ def synthetic_atlas(
 
     realized = nnz / (n_cells * n_genes)
     if not (lo <= realized <= hi):
-        warnings.warn(
+        warn_user(
             f"synthetic_atlas: realized mean density {realized:.4f} is outside {density}",
             RuntimeWarning,
-            stacklevel=2,
         )
 
     # ---- annotations

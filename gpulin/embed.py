@@ -15,6 +15,7 @@ from ._validation import as_csr, check_batch_size, check_bool, check_int, check_
 from .implicit import GeneScaling, StandardizedOperator, cpu_workers
 from .pca import PCAResult, pca, whitening_divisors
 from .transforms import METHODS, median_library_size, transform_implicit
+from ._warnings import warn_user
 
 
 def get_matrix(adata: Any, layer: str | None) -> Any:
@@ -378,14 +379,11 @@ def warn_duplicated_genes(genes: np.ndarray | None) -> None:
     then fails (clearly) unless the query has the very same genes in the same order."""
     dup = _duplicated(genes) if genes is not None else np.empty(0)
     if dup.size:
-        import warnings
-
-        warnings.warn(
+        warn_user(
             f"The training data has {len(dup)} duplicated gene name(s) (e.g. {', '.join(map(repr, dup[:3].tolist()))}): "
             "queries with other genes or another gene order cannot be aligned to it by name. Make them "
             "unique first (adata.var_names_make_unique()).",
             UserWarning,
-            stacklevel=3,
         )
 
 

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._warnings import warn_user
+
 __all__ = ["map_orthologs", "ortholog_names"]
 
 
@@ -41,8 +43,6 @@ def ortholog_names(
     table: pd.DataFrame | str | os.PathLike,
     source_col: str,
     target_col: str,
-    *,
-    stacklevel: int = 2,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """The renaming of :func:`map_orthologs` without touching any data.
 
@@ -51,9 +51,7 @@ def ortholog_names(
     var_names : sequence of str
         Gene names in the source species.
     table, source_col, target_col
-        As in :func:`map_orthologs`.
-    stacklevel : int
-        Of the warning given when fewer than 10% of the genes map (2: the caller's line).
+        As in :func:`map_orthologs` (a warning when fewer than 10% of the genes map).
 
     Returns
     -------
@@ -107,14 +105,11 @@ def ortholog_names(
         )
 
     if stats["n_mapped"] < 0.1 * stats["n_input_genes"]:
-        import warnings
-
-        warnings.warn(
+        warn_user(
             f"Only {stats['n_mapped']} of {stats['n_input_genes']} genes map through the ortholog table "
             f"({source_col!r} -> {target_col!r}); check that source_col names the genes' species (are the "
             "columns swapped?) and the gene identifier type.",
             UserWarning,
-            stacklevel=stacklevel,
         )
     return targets, keep, stats
 
@@ -160,7 +155,7 @@ def map_orthologs(
     ValueError
         Missing columns, or no gene of ``adata`` maps.
     """
-    targets, keep, stats = ortholog_names(adata.var_names, table, source_col, target_col, stacklevel=3)
+    targets, keep, stats = ortholog_names(adata.var_names, table, source_col, target_col)
     genes = pd.Index(adata.var_names).astype(str)
     idx = np.flatnonzero(keep)
     out = adata[:, idx].copy()

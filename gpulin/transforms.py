@@ -7,7 +7,6 @@ the sparsity pattern (and, on the device where the counts live, the index arrays
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -17,6 +16,7 @@ from ._backend import CPU, Backend, get_backend, is_gpu_array, memory_guard, rel
 from ._validation import as_csr, check_batch_size, check_counts, check_number
 from ._gpu_kernels import csr_row_sums
 from .implicit import SparsePlusRowConstant, _row_ids, cpu_workers
+from ._warnings import warn_user
 
 Method = Literal["sctop", "lognorm"]
 METHODS = ("sctop", "lognorm")
@@ -299,13 +299,12 @@ def transform_implicit(
     blocks = [blk for blk, _ in done]
     n_empty = sum(ne for _, ne in done)
     if n_empty:
-        warnings.warn(
+        warn_user(
             f"{n_empty} of {n} cells have no counts"
             + (" or the same count in every gene" if method == "sctop" else "")
             + f"; their {method} profile is set to the zero vector. Consider removing them "
             "(e.g. scanpy.pp.filter_cells(adata, min_counts=1)).",
             EmptyCellsWarning,
-            stacklevel=2,
         )
     return SparsePlusRowConstant(blocks=blocks, row_starts=bounds, c=c_all, n_genes=G, backend=backend)
 

@@ -360,3 +360,17 @@ def test_a_failed_refit_leaves_the_last_fit_whole():
         est.fit(Y[:3] * 50)  # 3 cells cannot give 5 components
     assert est.target_sum_ == target
     np.testing.assert_array_equal(est.transform(Y), Z0)
+
+
+def test_warnings_point_at_the_users_line():
+    """Warnings raised deep inside gpulin (decorators, helpers) are attributed to the caller's line."""
+    a = make_adata(n=60, g=50)
+    X = a.X.tolil()
+    X[3, :] = 0  # an empty cell
+    a = ad.AnnData(sp.csr_matrix(X), obs=a.obs, var=a.var)
+    dup = a.copy()
+    dup.var_names = ["g0"] * 2 + list(a.var_names[2:])
+    for data, category in ((a, gpulin.transforms.EmptyCellsWarning), (dup, UserWarning)):
+        with pytest.warns(category) as record:
+            gpulin.embed(data, device="cpu", n_components=5)
+        assert {w.filename for w in record if issubclass(w.category, category)} == {__file__}

@@ -21,7 +21,6 @@ the objective by less than ``64 * eps`` relative (scikit-learn's ``ftol``).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +38,7 @@ from ._labels import (
     resolve_backend,
     row_blocks,
 )
+from .._warnings import warn_user
 
 __all__ = ["LogisticRegression", "lbfgs"]
 
@@ -389,11 +389,10 @@ class LogisticRegression(LinearClassifierBase):
                 if status == "max_iter"
                 else "stopped: the line search found no decrease (the gradient is at the precision floor?)"
             )
-            warnings.warn(
+            warn_user(
                 f"LogisticRegression (L-BFGS) {why} with max|gradient| = {float(xp.abs(g).max()):.3g} > "
                 f"tol = {self.tol}. Increase max_iter or scale the data.",
                 ConvergenceWarning,
-                stacklevel=2,
             )
         W = to_host(w).reshape(n_out, -1)
         self.classes_ = classes
