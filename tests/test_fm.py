@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -316,6 +317,8 @@ def test_extra_padding_does_not_change_embeddings(name):
         padded = _pad_seq(tb, tb.seq_len + 5)  # 5 extra padding positions
         assert padded.seq_len == tb.seq_len + 5
         b = net(*_to_torch(padded, torch.device("cpu")))
+    if cfg.pooling == "mean_context":  # TranscriptFormer divides by the context length, by definition
+        b = b * padded.seq_len / tb.seq_len
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -362,3 +365,52 @@ def test_tokenizer_inputs_are_checked(tiny, tmp_path):
     a.write_h5ad(path)
     backed = anndata.read_h5ad(path, backed="r")
     np.testing.assert_array_equal(tk.tokenize_transcriptformer(backed).ids, tk.tokenize_transcriptformer(a).ids)
+
+
+def test_scgpt_spreads_tied_values_over_their_bins_as_its_default_binning():
+    """scGPT's binning(side="both"): a value with R edges below it and L at or below it gets a bin
+    drawn from R+1..L, so count data's ties (most of a cell) cover many bins, not one."""
+    row = np.array([1] * 60 + [2] * 25 + [3] * 10 + [5, 8, 13, 21, 40], dtype=np.float32)
+    tb = fm.tokenize_scgpt(sp.csr_matrix(row[None, :]), rng=0)
+    v = tb.values[0, 1: tb.lengths[0]]
+    edges = np.quantile(row.astype(np.float64), np.linspace(0, 1, 50))
+    left, right = np.digitize(row, edges), np.digitize(row, edges, right=True)
+    assert ((v >= np.maximum(right + 1, 1)) | (left == right)).all() and (v <= left).all() and (v >= 1).all()
+    assert len(np.unique(v[row == 1])) > 20  # the 60 ones spread over bins 1..30
+    again = fm.tokenize_scgpt(sp.csr_matrix(row[None, :]), rng=0)
+    np.testing.assert_array_equal(again.values, tb.values)  # seeded
+
+
+def test_published_block_details_geneformer_relu_and_transcriptformers_normed_residual():
+    gf, tf = fm.get_config("geneformer-v1-10m"), fm.get_config("transcriptformer-sapiens")
+    assert gf.activation == "relu" and gf.layer_norm_eps == 1e-12
+    assert tf.normed_residual and tf.pooling == "mean_context"
+    from gpulin.fm.models import Block
+
+    block = Block(_reduced("transcriptformer-sapiens")).eval()
+    x = torch.randn(2, 5, block.norm1.normalized_shape[0])
+    with torch.inference_mode():
+        h = block.norm1(x)
+        h = block.attn(h, None) + h
+        h = block.norm2(h)
+        expected = block.linear2(block.act(block.linear1(h))) + h
+        torch.testing.assert_close(block(x, None), expected)
+
+
+def test_fm_embed_warns_once_for_empty_and_non_integer_cells_and_pads_within_positions():
+    from gpulin.fm.api import _pad_seq
+    from gpulin.fm.tokenizers import TokenBatch
+
+    a = _atlas(40, 200, seed=9)
+    X = a.X.tolil()
+    X[0, :] = 0
+    a = anndata.AnnData(sp.csr_matrix(X))
+    with pytest.warns(UserWarning, match="1 of 40 cells have no counts"):
+        fm.embed(a, "geneformer-v1-10m", device="cpu", batch_size=4)
+    b = anndata.AnnData(a.X * 0.5)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fm.embed(b, "geneformer-v1-10m", device="cpu", batch_size=4)  # 10 batches
+    assert sum("non-integer" in str(w.message) for w in record) == 1
+    tb = TokenBatch(ids=np.ones((2, 100), dtype=np.int64), lengths=np.array([100, 50]), values=None)
+    assert _pad_seq(tb, 16).seq_len == 112 and _pad_seq(tb, 16, max_len=100).seq_len == 100

@@ -163,10 +163,11 @@ def _prefetch(fn: Callable[[int], TokenBatch], n_items: int, threads: int) -> It
             yield result
 
 
-def _pad_seq(tb: TokenBatch, multiple: int) -> TokenBatch:
-    """Pad the sequence length to a multiple of ``multiple`` (padding ids 0, masked)."""
+def _pad_seq(tb: TokenBatch, multiple: int, max_len: int | None = None) -> TokenBatch:
+    """Pad the sequence length to a multiple of ``multiple`` (padding ids 0, masked), unless that
+    would pass ``max_len`` (a learned position table's length)."""
     extra = -tb.seq_len % multiple
-    if extra == 0:
+    if extra == 0 or (max_len is not None and tb.seq_len + extra > max_len):
         return tb
     ids = np.pad(tb.ids, ((0, 0), (0, extra)))
     values = None if tb.values is None else np.pad(tb.values, ((0, 0), (0, extra)))
@@ -231,23 +232,30 @@ def embed_with_stats(
         if hidden_layer >= cfg.n_layers:
             raise ValueError(f"hidden_layer={hidden_layer} is out of range for {cfg.name}'s {cfg.n_layers} layers "
                              f"(0..{cfg.n_layers - 1}, or negative from the last).")
-    X = counts_matrix(adata, layer)
+    X = counts_matrix(adata, layer)  # checked once here; the batches are its rows (check=False)
     n = X.shape[0]
+    n_empty = int(np.count_nonzero(np.diff(X.indptr) == 0)) if X.nnz < np.prod(X.shape) else 0
+    if n_empty:
+        from .._warnings import warn_user
+
+        warn_user(f"{n_empty} of {n} cells have no counts: the {cfg.name} encoder sees no gene of theirs, so they "
+                  "all get the same embedding. Consider removing them (scanpy.pp.filter_cells(adata, min_counts=1)).")
     if gene_medians is None and (cfg.tokenizer == "geneformer" or cfg.rank_order):
-        gene_medians = gene_nonzero_medians(X)
-    order = np.argsort(-expected_lengths(cfg, X), kind="stable")
+        gene_medians = gene_nonzero_medians(X, check=False)
+    order = np.argsort(-expected_lengths(cfg, X, check=False), kind="stable")
 
     align = CUDA_SEQ_ALIGN if dev.type == "cuda" else 1
 
     def tokens_of(idx: np.ndarray, gen: np.random.Generator) -> TokenBatch:
-        return _pad_seq(tokenize(cfg, X[idx], gene_medians=gene_medians, rng=gen), align)
+        # aligned for the tensor cores, but never past a learned position table's length
+        return _pad_seq(tokenize(cfg, X[idx], gene_medians=gene_medians, rng=gen, check=False), align, cfg.max_tokens)
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
                 else contextlib.nullcontext())
     with torch.inference_mode(), autocast:
         if batch_size is None:
             if dev.type == "cuda":
-                key = (cfg, str(dev), int(expected_lengths(cfg, X[order[:1]])[0]), min(n, CUDA_MAX_BATCH), hidden_layer)
+                key = (cfg, str(dev), int(expected_lengths(cfg, X[order[:1]], check=False)[0]), min(n, CUDA_MAX_BATCH), hidden_layer)
                 if key not in _BATCH_CACHE:
                     probe_rng = np.random.default_rng([seed, 1 << 30])
                     _BATCH_CACHE[key] = _probe_batch_size(

@@ -6,9 +6,25 @@ encoder, positional encoding, pooling, output head). Weights are random: inferen
 depend on the weights' values, so timing a random-weight encoder of the published shape gives the
 real inference time.
 
+What is timed is the encoder: tokens -> transformer -> pooled cell embedding. The published
+inference code of some models also runs output heads that a cell embedding does not need:
+TranscriptFormer's ``inference()`` computes its count head and, in the released checkpoints, its
+gene-id head over all 2,048 tokens; Geneformer's ``EmbExtractor`` loads ``BertForMaskedLM``, whose
+MLM decoder (d x vocabulary per token) runs too. By FLOP count at full length (an audit's
+estimate from :func:`gpulin.fm.models.forward_flops` and the heads' shapes) that adds about 16% /
+59% / 34% (TranscriptFormer Sapiens / Exemplar / Metazoa) and 70% / 10% / 5% (Geneformer V1 /
+V2-104M / V2-316M). gpulin leaves them out, so its FM throughputs are upper bounds of the
+published pipelines' and the linear-vs-FM ratios in ``benchmarks/`` lower bounds.
+
+Genes are not filtered to a model's vocabulary (the published tokenizers drop genes outside it;
+here every expressed column is a token, mapped to an id by position): with a matrix of many
+more features than the vocabulary (e.g. 36k 10x features against Geneformer's 25k genes) cells
+get more tokens than the real model would see; cut such a matrix to a gene list of the model's
+size first for like-for-like timing. The benchmarks use the 20k-gene synthetic atlas.
+
 Parameter counts (:func:`gpulin.fm.count_parameters`) include every module of the published
-checkpoint, also the training-only output heads that cell embedding never runs (these heads are
-allocated only when counting, on the ``meta`` device):
+checkpoint, also the output heads that the embedding skips (these heads are allocated only when
+counting, on the ``meta`` device):
 
 ========================  ===========================================================  ==========
 model                     counted modules                                              published
@@ -92,6 +108,12 @@ class FMConfig:
         Multiply the embedding by sqrt(d_model) before the positional encoding (UCE).
     norm_first : bool
         Pre-LN (True) or post-LN (False) blocks.
+    normed_residual : bool
+        With ``norm_first``: TranscriptFormer's block, whose LayerNorms replace the residual
+        stream (``x = norm1(x); x = attn(x) + x; x = norm2(x); x = ffn(x) + x``) instead of
+        feeding the branches only (``x + attn(norm1(x))``).
+    layer_norm_eps : float
+        Epsilon of every LayerNorm (BERT / Geneformer: 1e-12; PyTorch's default 1e-5).
     activation : {"gelu", "relu"}
         FFN activation.
     attn_bias, ffn_bias : bool
@@ -103,8 +125,10 @@ class FMConfig:
         (TranscriptFormer).
     pad_to_max : bool
         Pad every cell to ``max_tokens`` (TranscriptFormer) instead of the batch maximum.
-    pooling : {"mean", "cls"}
-        Cell embedding from the mean over non-padding tokens or from the first token.
+    pooling : {"mean", "mean_context", "cls"}
+        Cell embedding from the mean over non-padding tokens, from the sum over them divided by
+        the whole context length (TranscriptFormer's ``mean_embeddings(include_masked=True)``
+        over cells padded to 2048), or from the first token.
     output_head : {"none", "uce_decoder"}
         MLP applied to the pooled vector (UCE's decoder, output L2-normalised).
     output_dim : int
@@ -148,13 +172,15 @@ class FMConfig:
     embed_layernorm: bool = False
     embed_scale: bool = False
     norm_first: bool = False
+    normed_residual: bool = False
+    layer_norm_eps: float = 1e-5
     activation: Literal["gelu", "relu"] = "gelu"
     attn_bias: bool = True
     ffn_bias: bool = True
     final_norm: bool = False
     attention: Literal["bidirectional", "count_causal"] = "bidirectional"
     pad_to_max: bool = False
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: Literal["mean", "mean_context", "cls"] = "mean"
     output_head: Literal["none", "uce_decoder"] = "none"
     output_dim: int = 0
     training_heads: Literal["none", "bert_mlm", "scgpt", "transcriptformer", "uce"] = "none"
@@ -194,7 +220,7 @@ def _geneformer(name: str, n_layers: int, d: int, heads: int, ffn: int, tokens: 
         name=name, n_layers=n_layers, d_model=d, n_heads=heads, d_ffn=ffn, max_tokens=tokens,
         vocab_size=vocab, n_special=4 if v2 else 2, tokenizer="geneformer", gene_encoder="learned",
         expression_encoder="none", positional="learned", token_type=True, embed_layernorm=True,
-        norm_first=False, activation="gelu", pooling="cls" if v2 else "mean",
+        norm_first=False, activation="relu", layer_norm_eps=1e-12, pooling="cls" if v2 else "mean",
         training_heads="bert_mlm", cls_eos=v2, published_params={"trainable": published},
         notes="rank-value encoding, padded to the batch maximum"
         + ("; <cls> ... <eos>, CLS pooling" if v2 else "; mean pooling"),
@@ -206,8 +232,8 @@ def _transcriptformer(name: str, vocab: int, head_hidden: int, trainable: int, f
         name=name, n_layers=12, d_model=2048, n_heads=16, d_ffn=2048, max_tokens=2048,
         vocab_size=vocab, n_special=4, tokenizer="transcriptformer", gene_encoder="frozen_mlp",
         gene_table_dim=2560, gene_mlp_hidden=2048, expression_encoder="none", positional="none",
-        norm_first=True, activation="gelu", attn_bias=False, ffn_bias=False, final_norm=False,
-        attention="count_causal", pad_to_max=True, pooling="mean",
+        norm_first=True, normed_residual=True, activation="gelu", attn_bias=False, ffn_bias=False,
+        final_norm=False, attention="count_causal", pad_to_max=True, pooling="mean_context",
         training_heads="transcriptformer", gene_head_hidden=head_hidden,
         published_params={"trainable": trainable, "frozen": frozen},
         notes="frozen ESM-2 (2560-d) + 2-layer MLP; causal, log1p(count) added to attention "

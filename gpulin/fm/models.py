@@ -69,17 +69,23 @@ class Block(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.norm_first = cfg.norm_first
+        self.normed_residual = cfg.normed_residual
         self.attn = SelfAttention(d, cfg.n_heads, bias=cfg.attn_bias)
-        self.norm1 = nn.LayerNorm(d)
+        self.norm1 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.linear1 = nn.Linear(d, cfg.d_ffn, bias=cfg.ffn_bias)
         self.linear2 = nn.Linear(cfg.d_ffn, d, bias=cfg.ffn_bias)
-        self.norm2 = nn.LayerNorm(d)
+        self.norm2 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.act = nn.GELU() if cfg.activation == "gelu" else nn.ReLU()
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear2(self.act(self.linear1(x)))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.norm_first and self.normed_residual:  # TranscriptFormer: the norms replace the stream
+            x = self.norm1(x)
+            x = self.attn(x, attn_mask) + x
+            x = self.norm2(x)
+            return self._ffn(x) + x
         if self.norm_first:
             x = x + self.attn(self.norm1(x), attn_mask)
             return x + self._ffn(self.norm2(x))
@@ -149,9 +155,9 @@ class FMEncoder(nn.Module):
         self.expression_encoder = make_expression_encoder(cfg)
         self.positional = make_positional(cfg)
         self.token_type = nn.Embedding(2, d) if cfg.token_type else None
-        self.embed_norm = nn.LayerNorm(d) if cfg.embed_layernorm else None
+        self.embed_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.embed_layernorm else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.final_norm = nn.LayerNorm(d) if cfg.final_norm else None
+        self.final_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.final_norm else None
         self.output_head: nn.Sequential | None
         if cfg.output_head == "uce_decoder":
             out = cfg.output_dim or d
@@ -250,7 +256,9 @@ class FMEncoder(nn.Module):
             pooled = x[:, 0]
         else:
             w = valid.to(x.dtype)[..., None]
-            pooled = (x * w).sum(1) / w.sum(1)
+            # mean_context: TranscriptFormer's mean_embeddings(include_masked=True), the sum over
+            # the cell's tokens divided by the context length (every cell padded to it)
+            pooled = (x * w).sum(1) / (x.shape[1] if cfg.pooling == "mean_context" else w.sum(1))
         if self.output_head is not None:
             pooled = F.normalize(self.output_head(pooled).float(), dim=-1)
         return pooled

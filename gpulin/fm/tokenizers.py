@@ -60,7 +60,7 @@ class TokenBatch:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def counts_matrix(data: Any, layer: str | None = None) -> scipy.sparse.csr_matrix:
+def counts_matrix(data: Any, layer: str | None = None, *, check: bool = True) -> scipy.sparse.csr_matrix:
     """The raw-count matrix of an AnnData (``X`` or ``layers[layer]``) as canonical CSR.
 
     Parameters
@@ -69,6 +69,9 @@ def counts_matrix(data: Any, layer: str | None = None) -> scipy.sparse.csr_matri
         Cells x genes raw counts.
     layer : str, optional
         AnnData layer holding the counts (default ``X``).
+    check : bool
+        Check the values (False: rows of a matrix checked already, e.g. the batches of
+        :func:`gpulin.fm.embed`, which would repeat its warnings once per batch).
 
     Returns
     -------
@@ -90,7 +93,8 @@ def counts_matrix(data: Any, layer: str | None = None) -> scipy.sparse.csr_matri
         X = data
     name = "X" if layer is None else f"layers[{layer!r}]"
     csr = as_csr(X, CPU, name=name)
-    check_counts(csr, CPU, name=name, method="tokenization")  # negative / NaN / inf: a clear error
+    if check:
+        check_counts(csr, CPU, name=name, method="tokenization")  # negative / NaN / inf: a clear error
     return csr
 
 
@@ -183,7 +187,8 @@ def _chunks(n: int, size: int):
 # --------------------------------------------------------------------------------------------
 # Geneformer rank-value encoding
 # --------------------------------------------------------------------------------------------
-def gene_nonzero_medians(data: Any, layer: str | None = None, target_sum: float = 1e4) -> np.ndarray:
+def gene_nonzero_medians(data: Any, layer: str | None = None, target_sum: float = 1e4, *,
+                         check: bool = True) -> np.ndarray:
     """Per-gene median of the nonzero library-size-normalised expression (Geneformer's dictionary).
 
     Parameters
@@ -192,6 +197,8 @@ def gene_nonzero_medians(data: Any, layer: str | None = None, target_sum: float 
         Raw counts, cells x genes.
     layer : str, optional
         AnnData layer with the counts.
+    check : bool
+        Check the counts (False: checked already).
     target_sum : float
         Each cell is scaled to this total before taking medians.
 
@@ -200,7 +207,7 @@ def gene_nonzero_medians(data: Any, layer: str | None = None, target_sum: float 
     ndarray of float64, shape (n_genes,)
         Median over the cells expressing the gene; 1.0 for genes never expressed.
     """
-    X = counts_matrix(data, layer)
+    X = counts_matrix(data, layer, check=check)
     rows, cols, vals, _ = _expressed(X)
     lib = np.bincount(rows, weights=vals, minlength=X.shape[0])
     norm = vals / lib[rows] * target_sum
@@ -225,6 +232,7 @@ def tokenize_geneformer(
     n_special: int = 2,
     cls_eos: bool = False,
     layer: str | None = None,
+    check: bool = True,
     target_sum: float = 1e4,
 ) -> TokenBatch:
     """Geneformer rank-value encoding.
@@ -249,6 +257,8 @@ def tokenize_geneformer(
         Prepend ``<cls>`` (id 2) and append ``<eos>`` (id 3).
     layer : str, optional
         AnnData layer with the counts.
+    check : bool
+        Check the counts (False: checked already).
     target_sum : float
         Library-size normalisation target (does not change the order).
 
@@ -258,10 +268,10 @@ def tokenize_geneformer(
         ``values`` is None (the order carries the expression).
     """
     check_int("max_tokens", max_tokens, 3 if cls_eos else 1)
-    X = counts_matrix(data, layer)
+    X = counts_matrix(data, layer, check=check)
     n, n_genes = X.shape
     if gene_medians is None:
-        gene_medians = gene_nonzero_medians(X, target_sum=target_sum)
+        gene_medians = gene_nonzero_medians(X, target_sum=target_sum, check=False)
     gene_medians = np.asarray(gene_medians, dtype=np.float64)
     if gene_medians.shape != (n_genes,):
         raise ValueError(f"gene_medians has shape {gene_medians.shape}, expected ({n_genes},).")
@@ -323,13 +333,17 @@ def bin_values_per_cell(
     n_genes: int,
     n_bins: int = 51,
     select: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """scGPT per-cell value binning of expressed entries.
 
     For each cell the ``n_bins - 1`` edges are the quantiles ``linspace(0, 1, n_bins - 1)`` of its
     expressed values, and a value gets ``np.digitize(value, edges)`` in ``1 .. n_bins - 1`` (bin 0
-    is reserved for zero). This is scGPT's ``binning`` with the deterministic (``side="one"``)
-    digitisation. Values are compared in float32 (exact for counts).
+    is reserved for zero): scGPT's ``binning`` with ``side="one"``, where ties all go to the
+    highest bin they span. With ``rng``, scGPT's default ``side="both"``: a value with ``R``
+    edges below it and ``L`` edges at or below it gets ``ceil(R + u (L - R))``, ``u ~ U[0, 1)``
+    from ``rng``, which spreads count data's many ties over their bins. Values are compared in
+    float32 (exact for counts).
 
     Parameters
     ----------
@@ -344,6 +358,8 @@ def bin_values_per_cell(
     select : ndarray of bool, optional
         Only these entries are digitised (the edges still use all expressed values); the others
         get 0.
+    rng : Generator, optional
+        Random source of ``side="both"`` (None: ``side="one"``).
 
     Returns
     -------
@@ -368,7 +384,12 @@ def bin_values_per_cell(
         blk = max(1, 4_000_000 // n_edges)
         for s in range(0, len(idx), blk):
             i = idx[s: s + blk]
-            out[lo + i] = (edges[r[i]] <= v[i, None]).sum(axis=1)
+            left = (edges[r[i]] <= v[i, None]).sum(axis=1)
+            if rng is None:
+                out[lo + i] = left
+            else:
+                right = (edges[r[i]] < v[i, None]).sum(axis=1)
+                out[lo + i] = np.maximum(np.ceil(right + rng.random(len(i)) * (left - right)), 1).astype(np.int64)  # u = 0: bin 1, not 0
     return out
 
 
@@ -383,6 +404,8 @@ def tokenize_expressed(
     pad_value: float = 0.0,
     rng: np.random.Generator | int | None = 0,
     layer: str | None = None,
+    check: bool = True,
+    scgpt_ties: bool = False,
 ) -> TokenBatch:
     """Expressed genes with their values, at most ``max_genes`` per cell, in gene order.
 
@@ -409,13 +432,18 @@ def tokenize_expressed(
         Random source for the subsetting.
     layer : str, optional
         AnnData layer with the counts.
+    check : bool
+        Check the counts (False: checked already).
+    scgpt_ties : bool
+        Bin tied values as scGPT does (``side="both"``: each value drawn uniformly among the bins
+        its ties span, from ``rng``) instead of all into the highest of them.
 
     Returns
     -------
     TokenBatch
     """
     check_int("max_genes", max_genes, 1)
-    X = counts_matrix(data, layer)
+    X = counts_matrix(data, layer, check=check)
     n, n_genes = X.shape
     rng = np.random.default_rng(rng)
     gids = gene_token_ids(n_genes, vocab_size, n_special)
@@ -446,7 +474,8 @@ def tokenize_expressed(
         pos = np.arange(len(kept_rows), dtype=np.int64) - _row_starts(kept_counts)[kept_rows]
     else:
         kept_rows, pos = rows, rank
-    values = bin_values_per_cell(rows, cols, vals, counts, n_genes, n_bins, select=keep) if n_bins else vals
+    values = (bin_values_per_cell(rows, cols, vals, counts, n_genes, n_bins, select=keep,
+                                  rng=rng if scgpt_ties else None) if n_bins else vals)
     off = 1 if cls else 0
     lengths = np.minimum(counts, max_genes) + off
     T = max(int(lengths.max(initial=0)), 1)
@@ -469,11 +498,13 @@ def tokenize_scgpt(
     n_special: int = 3,
     rng: np.random.Generator | int | None = 0,
     layer: str | None = None,
+    check: bool = True,
 ) -> TokenBatch:
     """scGPT input: ``<cls>`` then up to ``max_tokens - 1`` expressed genes with 51-bin values.
 
     Values are per-cell quantile bins 1..50 of the expressed genes (0 is reserved for zero;
-    :func:`bin_values_per_cell`); the ``<cls>`` token (id 1) has value 0; padding (id 0) has
+    :func:`bin_values_per_cell`, ties spread over their bins at random as scGPT's default
+    ``side="both"``); the ``<cls>`` token (id 1) has value 0; padding (id 0) has
     value -2 (scGPT's ``pad_value``). See :func:`tokenize_expressed`.
 
     Returns
@@ -483,7 +514,7 @@ def tokenize_scgpt(
     check_int("max_tokens", max_tokens, 2)  # <cls> and at least one gene
     return tokenize_expressed(
         data, max_genes=max_tokens - 1, n_bins=n_bins, cls=True, vocab_size=vocab_size,
-        n_special=n_special, pad_value=-2.0, rng=rng, layer=layer,
+        n_special=n_special, pad_value=-2.0, rng=rng, layer=layer, check=check, scgpt_ties=True,
     )
 
 
@@ -499,6 +530,7 @@ def tokenize_transcriptformer(
     n_special: int = 4,
     pad_to_max: bool = True,
     layer: str | None = None,
+    check: bool = True,
 ) -> TokenBatch:
     """TranscriptFormer input: expressed genes (AnnData gene order) with counts clipped at ``clip``.
 
@@ -513,7 +545,7 @@ def tokenize_transcriptformer(
         ``values`` holds the clipped counts (0 at padding).
     """
     check_int("max_tokens", max_tokens, 1)
-    X = counts_matrix(data, layer)
+    X = counts_matrix(data, layer, check=check)
     n, n_genes = X.shape
     gids = gene_token_ids(n_genes, vocab_size, n_special)
     rows, cols, vals, counts = _expressed(X)
@@ -554,6 +586,7 @@ def tokenize_uce(
     n_chromosomes: int = 24,
     rng: np.random.Generator | int | None = 0,
     layer: str | None = None,
+    check: bool = True,
 ) -> TokenBatch:
     """UCE input: 1024 genes sampled by expression, grouped by chromosome, ``<cls>`` first.
 
@@ -572,7 +605,7 @@ def tokenize_uce(
     """
     check_int("n_sample", n_sample, 1)
     check_int("max_tokens", max_tokens, 1)
-    X = counts_matrix(data, layer)
+    X = counts_matrix(data, layer, check=check)
     n, n_genes = X.shape
     rng = np.random.default_rng(rng)
     n_special = 3 + n_chromosomes
@@ -626,12 +659,13 @@ def tokenize_uce(
 # --------------------------------------------------------------------------------------------
 # dispatch
 # --------------------------------------------------------------------------------------------
-def expected_lengths(cfg: FMConfig, data: Any, layer: str | None = None) -> np.ndarray:
+def expected_lengths(cfg: FMConfig, data: Any, layer: str | None = None, *, check: bool = True) -> np.ndarray:
     """Token length of each cell for ``cfg`` without tokenizing (used to sort cells by length).
 
-    UCE lengths depend on the sampling; they are returned as the upper bound.
+    UCE lengths depend on the sampling; they are returned as the upper bound. ``check``: as
+    :func:`tokenize`.
     """
-    X = counts_matrix(data, layer)
+    X = counts_matrix(data, layer, check=check)
     counts = np.bincount(np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))[X.data > 0], minlength=X.shape[0])
     if cfg.tokenizer == "geneformer" or (cfg.tokenizer == "expressed" and cfg.rank_order):
         extra = 2 if cfg.cls_eos else 0
@@ -652,6 +686,7 @@ def tokenize(
     gene_medians: np.ndarray | None = None,
     rng: np.random.Generator | int | None = 0,
     layer: str | None = None,
+    check: bool = True,
 ) -> TokenBatch:
     """Tokenize ``data`` for the model described by ``cfg``.
 
@@ -664,9 +699,12 @@ def tokenize(
     gene_medians : ndarray, optional
         Geneformer per-gene medians (computed from ``data`` when omitted).
     rng : Generator or int or None
-        Random source (scGPT / encoding subsetting, UCE sampling).
+        Random source (scGPT / encoding subsetting and tie binning, UCE sampling).
     layer : str, optional
         AnnData layer with the counts.
+    check : bool
+        Check the counts (negative, non-finite, non-integer values); False when ``data`` was
+        checked already (:func:`gpulin.fm.embed` checks once, then tokenizes its batches).
 
     Returns
     -------
@@ -675,26 +713,26 @@ def tokenize(
     if cfg.tokenizer == "geneformer" or (cfg.tokenizer == "expressed" and cfg.rank_order):
         return tokenize_geneformer(
             data, max_tokens=cfg.max_tokens, gene_medians=gene_medians, vocab_size=cfg.vocab_size,
-            n_special=cfg.n_special, cls_eos=cfg.cls_eos, layer=layer,
+            n_special=cfg.n_special, cls_eos=cfg.cls_eos, layer=layer, check=check,
         )
     if cfg.tokenizer == "scgpt":
         return tokenize_scgpt(
             data, max_tokens=cfg.max_tokens, n_bins=cfg.n_value_bins, vocab_size=cfg.vocab_size,
-            n_special=cfg.n_special, rng=rng, layer=layer,
+            n_special=cfg.n_special, rng=rng, layer=layer, check=check,
         )
     if cfg.tokenizer == "transcriptformer":
         return tokenize_transcriptformer(
             data, max_tokens=cfg.max_tokens, vocab_size=cfg.vocab_size, n_special=cfg.n_special,
-            pad_to_max=cfg.pad_to_max, layer=layer,
+            pad_to_max=cfg.pad_to_max, layer=layer, check=check,
         )
     if cfg.tokenizer == "uce":
         return tokenize_uce(
             data, n_sample=cfg.n_sample, max_tokens=cfg.max_tokens, vocab_size=cfg.vocab_size,
-            n_chromosomes=cfg.n_chromosomes, rng=rng, layer=layer,
+            n_chromosomes=cfg.n_chromosomes, rng=rng, layer=layer, check=check,
         )
     if cfg.tokenizer == "expressed":
         return tokenize_expressed(
             data, max_genes=cfg.n_sample, n_bins=cfg.n_value_bins if cfg.expression_encoder == "hard_bin" else None,
-            vocab_size=cfg.vocab_size, n_special=cfg.n_special, rng=rng, layer=layer,
+            vocab_size=cfg.vocab_size, n_special=cfg.n_special, rng=rng, layer=layer, check=check,
         )
     raise ValueError(f"Unknown tokenizer {cfg.tokenizer!r}.")
