@@ -7,11 +7,11 @@ Linear: ``gpulin.embed(adata, method=..., device=..., n_components=50)`` for ``s
 FM: ``gpulin.fm.embed(adata, model=...)`` for every published FM encoder (Geneformer V1-10M,
 V2-104M, V2-316M, scGPT whole-human, TranscriptFormer Sapiens/Exemplar/Metazoa, UCE-33),
 tokenization included. The FM encoders have random weights: inference time does not depend on
-the weights' values. An FM's cost per cell is constant (its sequence length depends only on that
-cell), so its cells/s is measured on a subset of the same cells (``m`` cells at evenly spaced quantiles of
-the model's token length, so the subset has the data set's mean cost per cell; ``m`` is recorded
-per model): on a GPU a few hundred to a few thousand cells, on a CPU as many as fit in
-a time budget (one or a few cells for the large models).
+the weights' values. ``fm.embed`` sorts the cells by token length and pads each batch to its
+longest cell, so an FM's cells/s is measured on whole batches of that batching of all cells,
+taken at evenly spaced positions (:func:`representative_batches`; the subset's size ``m`` and the
+batch size are recorded per model): on a GPU a few hundred to a few thousand cells, on a CPU as
+many as fit in a time budget (one or a few cells for the large models).
 
 Every timing is taken after a warm-up call (on CUDA the warm-up also probes the batch size; on
 CPU the FM warm-up runs the first transformer block only) and is the median of several runs,
@@ -72,6 +72,9 @@ def resolve_device(device: str) -> str:
         if torch_cuda != linear_cuda:
             log(f"warning: torch CUDA={torch_cuda}, gpulin CUDA={linear_cuda}; using the CPU for both")
         return "cuda" if (torch_cuda and linear_cuda) else "cpu"
+    if device == "cuda" and not (torch_cuda and linear_cuda):
+        raise SystemExit(f"--device cuda needs a GPU that PyTorch and CuPy both see (torch CUDA={torch_cuda}, "
+                         f"gpulin CUDA={linear_cuda}); use --device cpu.")
     return device
 
 
@@ -170,36 +173,60 @@ def fm_plan(name: str, device: str, quick: bool, rate_flops: float, n_cells: int
     return min(n_cells, m), runs
 
 
-def representative_cells(adata, name: str, m: int) -> np.ndarray:
-    """``m`` cells at evenly spaced quantiles of the model's token length (m=1: the median cell).
+def representative_batches(adata, name: str, m: int, batch_size: int) -> np.ndarray:
+    """The cells of whole batches of ``fm.embed``'s batching of *all* cells, at evenly spaced
+    positions: ``k = max(1, round(m / batch_size))`` of the ``ceil(n / batch_size)`` batches.
 
-    An FM's per-cell cost depends only on that cell's sequence length, so these cells give the
-    mean per-cell cost of the whole data set without running all of it.
+    ``fm.embed`` sorts cells by token length (longest first) and pads each batch to its longest
+    cell, so a batch of the full data holds cells of nearly equal length. Timing such batches
+    (the subset is batched the same way: its sorted order is the union of the chosen batches)
+    measures the full run's cost per cell, padding included, without running every cell. A subset
+    spread over all lengths and run as one batch would instead pad every cell to the longest one
+    (the committed GPU run did, at e9fde9d: Geneformer V1 padded 1,065 real tokens per cell to 2,048).
     """
     lengths = fm.tokenizers.expected_lengths(fm.get_config(name), adata)
-    order = np.argsort(lengths, kind="stable")
+    order = np.argsort(-lengths, kind="stable")  # as fm.embed
     n = len(order)
-    pos = np.unique(np.round(np.linspace(0, n - 1, m + 2)[1:-1]).astype(int)) if m < n else np.arange(n)
-    return np.sort(order[pos])
+    n_batches = -(-n // batch_size)
+    k = min(n_batches, max(1, int(round(m / batch_size))))
+    picks = (np.unique(np.round(np.linspace(0, n_batches - 1, k + 2)[1:-1]).astype(int)) if k < n_batches
+             else np.arange(n_batches))
+    return np.sort(np.concatenate([order[b * batch_size: (b + 1) * batch_size] for b in picks]))
+
+
+def fm_batch_size(adata, name: str, device: str, m: int, gene_medians: np.ndarray) -> int:
+    """The batch size ``fm.embed`` uses on the whole data: CUDA, the largest that fits its longest
+    cells (the probe, run on them; it also warms the model up); CPU, its default (at most ``m``)."""
+    if device != "cuda":
+        from gpulin.fm.api import CPU_DEFAULT_BATCH
+
+        return max(1, min(m, CPU_DEFAULT_BATCH if fm.get_config(name).d_model <= 512 else 2))
+    from gpulin.fm.api import CUDA_MAX_BATCH
+
+    lengths = fm.tokenizers.expected_lengths(fm.get_config(name), adata)
+    longest = np.sort(np.argsort(-lengths, kind="stable")[: min(adata.n_obs, CUDA_MAX_BATCH)])
+    return fm.embed_with_stats(adata[longest].copy(), name, device=device, gene_medians=gene_medians)[1].batch_size
 
 
 def measure_fm(adata, name: str, device: str, m: int, runs: int, gene_medians: np.ndarray) -> dict[str, Any]:
     import torch
 
-    sub = adata[representative_cells(adata, name, m)].copy()
-    m = sub.n_obs
     t0 = time.perf_counter()
     fm.load_model(name, device=device, seed=0)
     build_s = time.perf_counter() - t0
-    # warm-up: CUDA runs the whole subset (also probes the batch size); CPU the first block only
+    batch_size = fm_batch_size(adata, name, device, m, gene_medians)
+    sub = adata[representative_batches(adata, name, m, batch_size)].copy()
+    m = sub.n_obs
+    # warm-up: CUDA runs the whole subset; CPU the first block only
     if device == "cuda":
-        fm.embed(sub, name, device=device, gene_medians=gene_medians)
+        fm.embed(sub, name, device=device, gene_medians=gene_medians, batch_size=batch_size)
     else:
         fm.embed(sub[:1].copy(), name, device=device, gene_medians=gene_medians, hidden_layer=0)
     stats: list[fm.EmbedStats] = []
 
     def run() -> None:
-        stats.append(fm.embed_with_stats(sub, name, device=device, gene_medians=gene_medians)[1])
+        stats.append(fm.embed_with_stats(sub, name, device=device, gene_medians=gene_medians,
+                                         batch_size=batch_size)[1])
 
     secs = timed_runs(run, runs, device)
     med = statistics.median(secs)
@@ -212,6 +239,7 @@ def measure_fm(adata, name: str, device: str, m: int, runs: int, gene_medians: n
         "seconds": secs,
         "median_s": med,
         "batch_size": st.batch_size,
+        "n_batches": st.n_batches,
         "tokens_per_cell": st.tokens / m,
         "padded_tokens_per_cell": st.padded_tokens / m,
         "gflop_per_cell": st.flops / m / 1e9,
