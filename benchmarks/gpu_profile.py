@@ -27,10 +27,13 @@ def main() -> None:
     ap.add_argument("--raw-only", action="store_true", help="skip the embed runs; time the primitives only")
     args = ap.parse_args()
 
+    import gpulin
+
+    if not gpulin.cuda_available():
+        raise SystemExit("gpu_profile.py profiles the CUDA kernels: it needs CuPy and a usable CUDA GPU.")
     import cupy as cp
     import cupyx.scipy.sparse as cusp
 
-    import gpulin
     import gpulin.implicit as imp
     import gpulin.pca as pca_mod
     from gpulin.datasets import synthetic_atlas
