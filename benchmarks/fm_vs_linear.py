@@ -198,9 +198,9 @@ def fm_batch_size(adata, name: str, device: str, m: int, gene_medians: np.ndarra
     """The batch size ``fm.embed`` uses on the whole data: CUDA, the largest that fits its longest
     cells (the probe, run on them; it also warms the model up); CPU, its default (at most ``m``)."""
     if device != "cuda":
-        from gpulin.fm.api import CPU_DEFAULT_BATCH
+        from gpulin.fm.api import cpu_batch_size
 
-        return max(1, min(m, CPU_DEFAULT_BATCH if fm.get_config(name).d_model <= 512 else 2))
+        return max(1, min(m, cpu_batch_size(fm.get_config(name))))
     from gpulin.fm.api import CUDA_MAX_BATCH
 
     lengths = fm.tokenizers.expected_lengths(fm.get_config(name), adata)

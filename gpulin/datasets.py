@@ -43,6 +43,7 @@ import scipy.optimize
 import scipy.sparse
 import scipy.special
 
+from ._validation import check_int
 from ._warnings import warn_user
 
 __all__ = [
@@ -395,8 +396,6 @@ def synthetic_atlas(
     Cells are not filtered: with very few genes or a very low density a cell can have no counts
     (with 20k genes and the default density the probability is negligible).
     """
-    from ._validation import check_int
-
     for name, value in (("n_cells", n_cells), ("n_genes", n_genes), ("n_types", n_types), ("n_conditions", n_conditions),
                         ("n_species", n_species), ("n_donors_per_species", n_donors_per_species),
                         ("chunk_size", chunk_size)):

@@ -26,7 +26,6 @@ from ._backend import to_host
 from .cell_gram import split_rare_genes
 
 
-
 @dataclass
 class PCAResult:
     """Result of :func:`pca`.
@@ -580,21 +579,24 @@ _CACHED_DRAW_MAX_VALUES = 1 << 20
 
 
 def _sklearn_gaussian_draw(seed: int, side: int, l: int) -> np.ndarray:
-    """scikit-learn's ``Omega = RandomState(seed).normal(size=(side, l))`` as float32 (read-only).
+    """scikit-learn's ``Omega = RandomState(seed).normal(size=(side, l))`` as float32 (read-only when cached).
 
     The per-split fits of a cross-validation draw the same small ``Omega`` each time (same seed,
     same gene count or training-set size): legacy ``RandomState.normal`` takes ~4 ms for
     1,267 x 230 values, so small draws are computed once per process (:func:`_cached_draw`).
     """
-    if side * l <= _CACHED_DRAW_MAX_VALUES:
-        return _cached_draw(seed, side, l)
+    draw = _cached_draw if side * l <= _CACHED_DRAW_MAX_VALUES else _draw
+    return draw(seed, side, l)
+
+
+def _draw(seed: int, side: int, l: int) -> np.ndarray:
     return np.random.RandomState(seed).normal(size=(side, l)).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=8)
 def _cached_draw(seed: int, side: int, l: int) -> np.ndarray:
-    omega = np.random.RandomState(seed).normal(size=(side, l)).astype(np.float32)
-    omega.flags.writeable = False
+    omega = _draw(seed, side, l)
+    omega.flags.writeable = False  # shared between fits
     return omega
 
 

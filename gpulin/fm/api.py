@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .configs import FMConfig, get_config
-from .tokenizers import TokenBatch, counts_matrix, expected_lengths, gene_nonzero_medians, tokenize
+from .tokenizers import TokenBatch, counts_matrix, expected_lengths, expressed_per_cell, gene_nonzero_medians, tokenize
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -163,6 +163,12 @@ def _prefetch(fn: Callable[[int], TokenBatch], n_items: int, threads: int) -> It
             yield result
 
 
+def cpu_batch_size(cfg: FMConfig) -> int:
+    """The batch size :func:`embed` uses on the CPU when none is given: :data:`CPU_DEFAULT_BATCH`,
+    or 2 for models wider than 512."""
+    return CPU_DEFAULT_BATCH if cfg.d_model <= 512 else 2
+
+
 def _pad_seq(tb: TokenBatch, multiple: int, max_len: int | None = None) -> TokenBatch:
     """Pad the sequence length to a multiple of ``multiple`` (padding ids 0, masked), unless that
     would pass ``max_len`` (a learned position table's length)."""
@@ -234,12 +240,14 @@ def embed_with_stats(
                              f"(0..{cfg.n_layers - 1}, or negative from the last).")
     X = counts_matrix(adata, layer)  # checked once here; the batches are its rows (check=False)
     n = X.shape[0]
-    n_empty = int(np.count_nonzero(np.diff(X.indptr) == 0)) if X.nnz < np.prod(X.shape) else 0
+    n_empty = int(np.count_nonzero(expressed_per_cell(X) == 0))
     if n_empty:
         from .._warnings import warn_user
+        from ..transforms import EmptyCellsWarning
 
         warn_user(f"{n_empty} of {n} cells have no counts: the {cfg.name} encoder sees no gene of theirs, so they "
-                  "all get the same embedding. Consider removing them (scanpy.pp.filter_cells(adata, min_counts=1)).")
+                  "all get the same embedding. Consider removing them (scanpy.pp.filter_cells(adata, min_counts=1)).",
+                  EmptyCellsWarning)
     if gene_medians is None and (cfg.tokenizer == "geneformer" or cfg.rank_order):
         gene_medians = gene_nonzero_medians(X, check=False)
     order = np.argsort(-expected_lengths(cfg, X, check=False), kind="stable")
@@ -262,7 +270,7 @@ def embed_with_stats(
                         net, dev, lambda b: tokens_of(np.resize(order[: min(b, n)], b), probe_rng), n, hidden_layer)
                 batch_size = _BATCH_CACHE[key]
             else:
-                batch_size = CPU_DEFAULT_BATCH if cfg.d_model <= 512 else 2
+                batch_size = cpu_batch_size(cfg)
         starts = range(0, n, batch_size)
 
         def batch_tokens(i: int) -> TokenBatch:

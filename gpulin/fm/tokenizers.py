@@ -119,6 +119,11 @@ def gene_token_ids(n_genes: int, vocab_size: int, n_special: int) -> np.ndarray:
     return n_special + np.arange(n_genes, dtype=np.int64) % (vocab_size - n_special)
 
 
+def expressed_per_cell(X: scipy.sparse.csr_matrix) -> np.ndarray:
+    """Positive stored entries (expressed genes) per row of a CSR matrix, int64 (n_cells,)."""
+    return np.bincount(np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))[X.data > 0], minlength=X.shape[0])
+
+
 def _expressed(X: scipy.sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Row, column and value of the positive stored entries, in CSR order, and counts per row."""
     n = X.shape[0]
@@ -197,10 +202,10 @@ def gene_nonzero_medians(data: Any, layer: str | None = None, target_sum: float 
         Raw counts, cells x genes.
     layer : str, optional
         AnnData layer with the counts.
-    check : bool
-        Check the counts (False: checked already).
     target_sum : float
         Each cell is scaled to this total before taking medians.
+    check : bool
+        Check the counts (False: checked already).
 
     Returns
     -------
@@ -666,7 +671,7 @@ def expected_lengths(cfg: FMConfig, data: Any, layer: str | None = None, *, chec
     :func:`tokenize`.
     """
     X = counts_matrix(data, layer, check=check)
-    counts = np.bincount(np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))[X.data > 0], minlength=X.shape[0])
+    counts = expressed_per_cell(X)
     if cfg.tokenizer == "geneformer" or (cfg.tokenizer == "expressed" and cfg.rank_order):
         extra = 2 if cfg.cls_eos else 0
         return np.minimum(counts, cfg.max_tokens - extra) + extra
