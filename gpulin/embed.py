@@ -209,8 +209,9 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
 
     @releases_memory
     def fit_transform(self, adata: Any, y: Any = None, *, layer: str | None = None) -> np.ndarray:
-        """Fit and return the training scores, (n_cells, n_components) float32 on the host."""
-        return to_host(self._fit(adata, layer=layer))
+        """Fit and return the training scores, (n_cells, n_components) float32 on the host (a
+        DataFrame indexed by ``obs_names`` under ``set_output(transform="pandas")``)."""
+        return self._cells_indexed(to_host(self._fit(adata, layer=layer)), adata)
 
     def _fit(self, adata: Any, *, layer: str | None) -> Any:
         self._check_params()
@@ -280,7 +281,8 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     def transform(self, adata: Any, *, layer: str | None = None) -> np.ndarray:
         """Embed new cells with the fitted reference: (n_cells, n_components) float32 on the host.
 
-        Query genes are aligned to the reference by ``var_names`` (AnnData input) or must match
+        Under ``set_output(transform="pandas")`` an AnnData input gives a DataFrame indexed by its
+        ``obs_names`` (scikit-learn alone would index it 0, 1, ...). Query genes are aligned to the reference by ``var_names`` (AnnData input) or must match
         the reference gene count (matrix input).
         """
         if not hasattr(self, "components_"):
@@ -298,10 +300,29 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         with memory_guard(backend, f"projecting {X.shape[0]:,} query cells", _REMEDY_OTHER):
             op = StandardizedOperator(S, scaling)
             scores = op.matmat(xp.asarray(self.components_.T.astype(np.float32)))
-            return to_host(self._finish_scores(scores, self.explained_variance_, backend))
+            out = to_host(self._finish_scores(scores, self.explained_variance_, backend))
+        return self._cells_indexed(out, adata)
+
+    def _cells_indexed(self, scores: np.ndarray, adata: Any) -> Any:
+        """``scores`` as a DataFrame indexed by the cells' ``obs_names`` when the transform output
+        is set to pandas and ``adata`` is AnnData (scikit-learn's wrapper then keeps that index and
+        sets the column names); else ``scores`` unchanged."""
+        if _transform_output(self) != "pandas" or not is_anndata(adata):
+            return scores
+        return pd.DataFrame(scores, index=pd.Index(adata.obs_names, copy=True), columns=self.get_feature_names_out())
 
     def _align(self, X: Any, var_names: Any, backend: Backend) -> Any:
         return align_query(X, var_names, self.var_names_, self.n_features_in_, backend, float(self.min_gene_overlap))
+
+
+def _transform_output(estimator: Any) -> str:
+    """The container ``estimator``'s transform output is set to, its own ``set_output`` or
+    scikit-learn's global ``transform_output`` ("default", "pandas" or "polars")."""
+    try:
+        from sklearn.utils._set_output import _get_output_config
+    except ImportError:  # pragma: no cover - a scikit-learn that moved its private helper
+        return str(getattr(estimator, "_sklearn_output_config", {}).get("transform", "default"))
+    return str(_get_output_config("transform", estimator)["dense"])
 
 
 def align_query(X: Any, genes: Any, ref_genes: np.ndarray | None, n_ref: int, backend: Backend, min_overlap: float) -> Any:

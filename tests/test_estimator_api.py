@@ -51,6 +51,22 @@ def test_pandas_output_names_the_components(atlas):
     assert isinstance(Z, pd.DataFrame) and list(Z.columns) == [f"linearembedding{i}" for i in range(4)]
 
 
+def test_pandas_output_of_anndata_is_indexed_by_cell(atlas):
+    import sklearn
+
+    names = [f"linearembedding{i}" for i in range(4)]
+    est = gpulin.LinearEmbedding(n_components=4, device="cpu").set_output(transform="pandas")
+    Z = est.fit_transform(atlas)
+    assert list(Z.index) == list(atlas.obs_names) and list(Z.columns) == names
+    np.testing.assert_array_equal(Z.to_numpy(), gpulin.LinearEmbedding(n_components=4, device="cpu").fit_transform(atlas))
+    query = atlas[10:20]
+    assert list(est.transform(query).index) == list(query.obs_names)
+    with sklearn.config_context(transform_output="pandas"):  # the global setting too
+        plain = gpulin.LinearEmbedding(n_components=4, device="cpu").fit(atlas)
+        assert list(plain.transform(query).index) == list(query.obs_names)
+    assert isinstance(plain.transform(query), np.ndarray)  # default output: arrays
+
+
 def test_pipeline_and_cross_validation_on_count_matrices(atlas):
     X, y = atlas.X, atlas.obs["cell_type"].to_numpy()
     pipe = make_pipeline(gpulin.LinearEmbedding(n_components=10, device="cpu"),
