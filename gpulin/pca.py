@@ -480,9 +480,14 @@ class _SketchBasis:
     W: np.ndarray | None  # float64 on the host
     transpose: bool  # M = A.T (cells are the sketched side)
     from_data: bool
+    #: ``R^-1`` when ``W = Qs R^-1`` is kept as its two factors (``W`` then holds ``Qs``): ``W B``
+    #: is ``Qs (R^-1 B)``, with no (big side x l x l) product forming ``W``
+    Rinv: np.ndarray | None = None
 
     def times(self, B: np.ndarray, xp: Any) -> Any:
         """``Q @ B`` (big side x B's columns, float32 on the data's device) for a host ``B``."""
+        if self.Rinv is not None:
+            B = self.Rinv @ B
         WB = (B if self.W is None else self.W @ B).astype(np.float32)
         if not self.from_data:
             return _times_small(self.data, WB, xp)
@@ -512,8 +517,9 @@ def _rounds_on_sketch_gram(op: Any, omega: np.ndarray, transpose: bool, n_iter: 
     Q : :class:`_SketchBasis`
         The basis; explicit (a float32 orthonormal ``Q`` from a full QR of ``Y``) when ``Y`` is
         too ill-conditioned for one Cholesky pass (a rank-deficient sketch).
-    MtQ : (small side, l) float64 ``M.T @ Q``, or None with an explicit ``Q``: the caller then
-        computes it with a pass over the data.
+    MtQ : :class:`_FactoredProduct`
+        ``M.T @ Q`` (small side x l, float64 on the host) as its factors, or None with an
+        explicit ``Q``: the caller then computes it with a pass over the data.
     """
     xp = op.backend.xp
     split = split_rare_genes(op) if transpose else None
@@ -543,13 +549,14 @@ def _rounds_on_sketch_gram(op: Any, omega: np.ndarray, transpose: bool, n_iter: 
     del H
     Qs64 = np.asarray(to_host(Qs), dtype=np.float64)
     data = T if T is not None else op
+    QtHQ = Qs64.T @ HQs  # Qs^T H Qs, symmetric up to rounding
     try:
-        R = np.linalg.cholesky((HQs.T @ Qs64 + Qs64.T @ HQs) / 2).T
+        R = np.linalg.cholesky((QtHQ + QtHQ.T) / 2).T
     except np.linalg.LinAlgError:
         R = None
     if R is not None and _well_conditioned(R, SKETCH_GRAM_RTOL):
         Rinv = _upper_inverse(R)
-        return _SketchBasis(data, Qs64 @ Rinv, transpose, True), xp.asarray(HQs @ Rinv)
+        return _SketchBasis(data, Qs64, transpose, True, Rinv), _FactoredProduct(HQs, Rinv)
     # Too ill-conditioned for R from H: form the sketch Y = M Qs (one pass) and factor its own Gram
     # matrix (float64), or orthonormalize it outright when even that is too ill-conditioned.
     Y = _SketchBasis(data, Qs64, transpose, True).times(np.eye(Qs64.shape[1]), xp)
@@ -557,7 +564,32 @@ def _rounds_on_sketch_gram(op: Any, omega: np.ndarray, transpose: bool, n_iter: 
     if R is None:
         return _SketchBasis(orthonormalize(Y, xp), None, transpose, False), None
     Rinv = _upper_inverse(R)
-    return _SketchBasis(Y, Rinv, transpose, False), xp.asarray(HQs @ Rinv)
+    return _SketchBasis(Y, Rinv, transpose, False), _FactoredProduct(HQs, Rinv)
+
+
+@dataclass
+class _FactoredProduct:
+    """``M.T @ Q = HQs R^-1`` of :func:`_rounds_on_sketch_gram` (small side x l, float64 on the
+    host), kept as its factors: the fit needs only its Gram matrix and its product with an l x k
+    matrix, each cheaper from the factors than forming it (a small side x l x l product)."""
+
+    left: np.ndarray  # HQs, (small side, l)
+    right: np.ndarray  # R^-1, (l, l) upper triangular
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.left.shape[0], self.right.shape[1]
+
+    def matrix(self) -> np.ndarray:
+        return self.left @ self.right
+
+    def gram(self) -> np.ndarray:
+        """``(HQs R^-1)^T (HQs R^-1)`` (l x l, float64)."""
+        return self.right.T @ (self.left.T @ self.left) @ self.right
+
+    def times(self, B: np.ndarray) -> np.ndarray:
+        """``HQs R^-1 B`` (float64, host)."""
+        return self.left @ (self.right @ B)
 
 
 #: ``R`` comes from ``Qs^T H Qs`` with ``H`` in float32, so the basis ``M Qs R^-1`` it implies is
@@ -644,10 +676,13 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int,
         # Q spans genes; C = A Q = (Q^T M)^T, so SVD(B) = Uh s Vt gives C = Vt^T s Uh^T.
         if C is None:
             C = op.matmat(Q)
-        evals, Uh = np.linalg.eigh(_gram64(C, xp))
+        evals, Uh = np.linalg.eigh(C.gram() if isinstance(C, _FactoredProduct) else _gram64(C, xp))
         evals, Uh = evals[::-1][:k], Uh[:, ::-1][:, :k]
         sv = np.sqrt(np.maximum(evals, 0.0))
-        scores = (C @ xp.asarray(Uh.astype(C.dtype))).astype(xp.float32)
+        if isinstance(C, _FactoredProduct):
+            scores = xp.asarray(C.times(Uh).astype(np.float32))
+        else:
+            scores = (C @ xp.asarray(Uh.astype(C.dtype))).astype(xp.float32)
         if not loadings:  # the loadings Q Uh are applied later, to a narrow right-hand side
             deferred = lambda B: np.asarray(to_host(basis.times(Uh @ B, xp)), dtype=np.float64)  # noqa: E731
             return _sklearn_result(scores, None, sv, n, op, n_iter, n_oversamples, deferred)
@@ -656,11 +691,12 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int,
         # Q spans cells; Bt = A^T Q = B^T, B = Uh s Vt.
         if Bt is None:
             Bt = op.rmatmat(Q)
-        evals, Uh = np.linalg.eigh(np.asarray(to_host(Bt.T @ Bt)))
+        factored = isinstance(Bt, _FactoredProduct)
+        evals, Uh = np.linalg.eigh(Bt.gram() if factored else np.asarray(to_host(Bt.T @ Bt)))
         evals, Uh = evals[::-1][:k], Uh[:, ::-1][:, :k]
         sv = np.sqrt(np.maximum(evals, 0.0))
         safe = np.where(sv > 0, sv, 1.0)
-        components = np.asarray(to_host(Bt @ xp.asarray(Uh / safe))).T.copy()
+        components = (Bt.times(Uh / safe) if factored else np.asarray(to_host(Bt @ xp.asarray(Uh / safe)))).T.copy()
         scores = basis.times(Uh * sv, xp)
     signs = _flip_signs(components)
     components *= signs[:, None]

@@ -214,7 +214,8 @@ def test_gram_rounds_basis_is_orthonormal_without_forming_it(shape):
     Q = basis.times(np.eye(40), np).astype(np.float64)
     np.testing.assert_allclose(Q.T @ Q, np.eye(40), atol=1e-5)
     direct = op.matmat(Q.astype(np.float32)) if transpose else op.rmatmat(Q.astype(np.float32))
-    np.testing.assert_allclose(MtQ, direct, atol=1e-4 * np.abs(direct).max())
+    np.testing.assert_allclose(MtQ.matrix(), direct, atol=1e-4 * np.abs(direct).max())
+    np.testing.assert_allclose(MtQ.gram(), MtQ.matrix().T @ MtQ.matrix(), rtol=1e-10, atol=1e-10)
     B = np.random.RandomState(2).normal(size=(40, 7))
     np.testing.assert_allclose(basis.times(B, np), Q @ B, atol=1e-5 * np.abs(Q @ B).max())
 
