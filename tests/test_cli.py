@@ -145,3 +145,11 @@ def test_demo_on_very_few_cells_skips_the_neighbour_check(tmp_path, capsys):
     assert main(["demo", "--device", "cpu", "--n-cells", "12", "--n-genes", "500", "--n-components", "3",
                  "--plot", str(plot)]) == 0
     assert plot.exists()
+
+
+def test_python_dash_m_runs_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "gpulin", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and "usage: gpulin" in done.stdout and "evaluate" in done.stdout
