@@ -282,8 +282,9 @@ class LinearEmbedding(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         """Embed new cells with the fitted reference: (n_cells, n_components) float32 on the host.
 
         Under ``set_output(transform="pandas")`` an AnnData input gives a DataFrame indexed by its
-        ``obs_names`` (scikit-learn alone would index it 0, 1, ...). Query genes are aligned to the reference by ``var_names`` (AnnData input) or must match
-        the reference gene count (matrix input).
+        ``obs_names`` (scikit-learn alone would index it 0, 1, ...). Query genes are aligned to the
+        reference by ``var_names`` (AnnData input) or must match the reference gene count (matrix
+        input).
         """
         if not hasattr(self, "components_"):
             from sklearn.exceptions import NotFittedError
