@@ -473,22 +473,21 @@ class _SketchBasis:
     ``from_data``: ``Q = M W`` with ``W = Qs R^-1`` is never formed; ``Q @ B = M (W B)`` is one
     tall product with the data (``data``: the dense standardized matrix, or an operator) when it
     is needed (the loadings or the scores, k <= l columns). Otherwise ``data`` is a formed tall
-    float32 matrix ``Y`` and ``Q = Y W`` (``W = R^-1``, or None when ``Y`` is ``Q`` itself).
+    float32 matrix ``Y`` and ``Q = Y W`` (``W = R^-1``, or no factor when ``Y`` is ``Q`` itself).
+    ``W`` is kept as its factors (float64, host), applied right to left to ``B``: ``Qs (R^-1 B)``
+    needs no (big side x l x l) product forming ``Qs R^-1``.
     """
 
     data: Any
-    W: np.ndarray | None  # float64 on the host
+    W: tuple[np.ndarray, ...]  # the factors of W, left to right
     transpose: bool  # M = A.T (cells are the sketched side)
     from_data: bool
-    #: ``R^-1`` when ``W = Qs R^-1`` is kept as its two factors (``W`` then holds ``Qs``): ``W B``
-    #: is ``Qs (R^-1 B)``, with no (big side x l x l) product forming ``W``
-    Rinv: np.ndarray | None = None
 
     def times(self, B: np.ndarray, xp: Any) -> Any:
         """``Q @ B`` (big side x B's columns, float32 on the data's device) for a host ``B``."""
-        if self.Rinv is not None:
-            B = self.Rinv @ B
-        WB = (B if self.W is None else self.W @ B).astype(np.float32)
+        for factor in reversed(self.W):
+            B = factor @ B
+        WB = B.astype(np.float32)
         if not self.from_data:
             return _times_small(self.data, WB, xp)
         V = xp.asarray(WB)
@@ -556,15 +555,15 @@ def _rounds_on_sketch_gram(op: Any, omega: np.ndarray, transpose: bool, n_iter: 
         R = None
     if R is not None and _well_conditioned(R, SKETCH_GRAM_RTOL):
         Rinv = _upper_inverse(R)
-        return _SketchBasis(data, Qs64, transpose, True, Rinv), _FactoredProduct(HQs, Rinv)
+        return _SketchBasis(data, (Qs64, Rinv), transpose, True), _FactoredProduct(HQs, Rinv)
     # Too ill-conditioned for R from H: form the sketch Y = M Qs (one pass) and factor its own Gram
     # matrix (float64), or orthonormalize it outright when even that is too ill-conditioned.
-    Y = _SketchBasis(data, Qs64, transpose, True).times(np.eye(Qs64.shape[1]), xp)
+    Y = _SketchBasis(data, (Qs64,), transpose, True).times(np.eye(Qs64.shape[1]), xp)
     R = _cholesky_factor(Y, xp, ONE_PASS_CHOLESKY_RTOL)
     if R is None:
-        return _SketchBasis(orthonormalize(Y, xp), None, transpose, False), None
+        return _SketchBasis(orthonormalize(Y, xp), (), transpose, False), None
     Rinv = _upper_inverse(R)
-    return _SketchBasis(Y, Rinv, transpose, False), _FactoredProduct(HQs, Rinv)
+    return _SketchBasis(Y, (Rinv,), transpose, False), _FactoredProduct(HQs, Rinv)
 
 
 @dataclass
@@ -576,11 +575,8 @@ class _FactoredProduct:
     left: np.ndarray  # HQs, (small side, l)
     right: np.ndarray  # R^-1, (l, l) upper triangular
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.left.shape[0], self.right.shape[1]
-
     def matrix(self) -> np.ndarray:
+        """``HQs R^-1`` formed (float64, host)."""
         return self.left @ self.right
 
     def gram(self) -> np.ndarray:
@@ -671,7 +667,7 @@ def _pca_sklearn(op: Any, k: int, *, n_oversamples: int, n_iter: int, seed: int,
                     Q, AtQ = _orthonormalize_product(op, Q, xp, passes=1)
                     Q = orthonormalize(AtQ.astype(xp.float32), xp, passes=1)
                 Q, Bt = _orthonormalize_product(op, Q, xp, passes=2)
-        basis = _SketchBasis(Q, None, transpose, False)
+        basis = _SketchBasis(Q, (), transpose, False)
     if transpose:
         # Q spans genes; C = A Q = (Q^T M)^T, so SVD(B) = Uh s Vt gives C = Vt^T s Uh^T.
         if C is None:
